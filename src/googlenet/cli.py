@@ -84,6 +84,75 @@ def cmd_costs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_wanted(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from googlenet.config import load_config
+    from googlenet.train import train
+
+    if args.max_minutes is not None:
+        args.set.append(f"train.max_minutes={args.max_minutes}")
+    if args.resume:
+        config = load_config(None)
+    else:
+        if args.config is None:
+            raise UsageError("train needs --config FILE (e.g. configs/fashion-mnist.toml), or --resume")
+        config = load_config(args.config, args.set)
+    result = train(
+        config,
+        args.out,
+        resume=args.resume,
+        resume_overrides=args.set if args.resume else None,
+        progress=_progress_wanted(args),
+        log=lambda line: print(line, flush=True),
+    )
+    if result.stopped == "interrupted":
+        print(f"interrupted: resume with 'googlenet train --resume --out {args.out}'", file=sys.stderr)
+        return 130
+    if result.best_checkpoint is not None:
+        print(f"best checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from googlenet.evaluate import evaluate_checkpoint, format_result
+
+    report = evaluate_checkpoint(
+        args.checkpoint,
+        split=args.split,
+        data_root=args.data_root,
+        out_dir=args.out,
+        json_path=args.json,
+        progress=_progress_wanted(args),
+    )
+    print(format_result(report))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from googlenet.predict import format_predictions, predict_paths
+
+    predictions = predict_paths(args.checkpoint, args.paths, top_k=args.top_k)
+    print(format_predictions(predictions, args.format))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from googlenet.report import write_report
+
+    print(f"wrote {write_report(args.run)}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from googlenet.data import ensure_fashion_mnist
+
+    print(f"Fashion-MNIST ready in {ensure_fashion_mnist(args.root)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The reference GoogLeNet (Inception v1) for PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -107,6 +176,36 @@ def build_parser() -> argparse.ArgumentParser:
     costs.add_argument("--model", default="paper", help="variant whose Inception modules to cost (default: paper)")
     costs.add_argument("--input-size", type=_positive_int, default=224, help="input side in px (default: 224)")
     costs.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+
+    train = command("train", cmd_train, "train a model on Fashion-MNIST or an image folder")
+    train.add_argument("--config", help="TOML preset, e.g. configs/fashion-mnist.toml")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value"
+    )
+    train.add_argument("--out", required=True, help="run folder: metrics, TensorBoard logs, checkpoints")
+    train.add_argument("--max-minutes", type=float, help="wall-clock budget; the run stops with a checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+
+    evaluate = command("evaluate", cmd_evaluate, "top-1/top-5, loss, per-class accuracy and confusion matrix")
+    evaluate.add_argument("checkpoint", help="a checkpoint written by 'googlenet train'")
+    evaluate.add_argument("--split", default="test", choices=("test", "val", "train"))
+    evaluate.add_argument("--data-root", help="where the data is (default: the root recorded in the checkpoint)")
+    evaluate.add_argument("--out", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run folder)")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    predict = command("predict", cmd_predict, "top-k classes for images or folders of images")
+    predict.add_argument("checkpoint", help="a checkpoint written by 'googlenet train'")
+    predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    predict.add_argument("--top-k", type=_positive_int, default=3)
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    report = command("report", cmd_report, "a markdown report with curves and confusion matrix for a run folder")
+    report.add_argument("run", help="a folder written by 'googlenet train --out'")
+
+    prepare = command("prepare-data", cmd_data_prepare, "put Fashion-MNIST where training reads it")
+    prepare.add_argument("--root", default="data", help="data root (default: data)")
     return parser
 
 

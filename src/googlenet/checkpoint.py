@@ -1,0 +1,113 @@
+"""Checkpoints: written atomically, read with torch.load(weights_only=True) so no file can run code.
+
+A checkpoint alone rebuilds the model, its preprocessing and class names (for evaluate / predict /
+export), and everything needed to resume training exactly (optimizer, EMA, RNG state, position).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from googlenet.data import Preprocessing
+from googlenet.errors import GoogLeNetError
+from googlenet.model import GoogLeNet, create_model, list_models
+
+FORMAT = "googlenet-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(GoogLeNetError):
+    """A checkpoint that is missing, unreadable, unsafe or of an unknown kind."""
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it over ``path``: a crash or
+    full disk mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint. Only tensors and plain data are accepted (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch.save's zip nor a pickle
+        raise CheckpointError(f"{path} is not a readable checkpoint: it is neither a torch.save file nor a pickle")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reasons = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        detail = f" ({reasons[0]})" if reasons else ""
+        raise CheckpointError(
+            f"{path} was refused: it holds code or objects beyond weights and plain data{detail}; "
+            "googlenet never unpickles code"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a googlenet checkpoint (use 'googlenet import-torchvision' for others)")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}; this googlenet reads up to {FORMAT_VERSION}: upgrade googlenet"
+        )
+    for key in ("model", "state_dict", "preprocessing", "class_names"):
+        if key not in payload:
+            raise CheckpointError(f"{path} lacks {key!r}: it is incomplete")
+    return payload
+
+
+def model_from_checkpoint(
+    payload: dict[str, Any], *, use_ema: bool | None = None, aux: bool = False
+) -> tuple[GoogLeNet, Preprocessing, list[str]]:
+    """Rebuild (model in eval mode, preprocessing, class names). ``use_ema`` None takes the weights the
+    run found better on validation (its "weights" entry); auxiliary heads are dropped unless ``aux``."""
+    if use_ema is None:
+        use_ema = payload.get("weights") == "ema"
+    spec = payload["model"]
+    name = spec.get("name")
+    if name not in list_models():
+        raise CheckpointError(f"checkpoint names an unknown model {name!r}")
+    model = create_model(name, num_classes=int(spec["num_classes"]), in_channels=int(spec["in_channels"]), aux=True)
+    ema_state = payload.get("ema_state_dict")
+    state: dict[str, Any] = ema_state if use_ema and ema_state else payload["state_dict"]
+    has_aux = any(k.startswith("aux1.") for k in state)
+    if not has_aux:
+        model = create_model(
+            name, num_classes=int(spec["num_classes"]), in_channels=int(spec["in_channels"]), aux=False
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        summary = str(error).splitlines()[0]
+        raise CheckpointError(f"checkpoint weights do not fit the {name} model they claim: {summary}") from None
+    if has_aux and not aux:
+        model.aux1 = model.aux2 = None
+        model.has_aux = False
+    classes = list(payload["class_names"])
+    if len(classes) != model.num_classes:
+        raise CheckpointError(f"checkpoint has {len(classes)} class names for {model.num_classes} outputs")
+    return model.eval(), Preprocessing.from_dict(payload["preprocessing"]), classes

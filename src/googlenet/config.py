@@ -1,0 +1,231 @@
+"""Typed training configuration: TOML presets plus `section.key=value` overrides, validated by name.
+
+Every key has a type and a range; an unknown section or key, a value of the wrong type or out of range
+raises ConfigError naming the key, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from googlenet.errors import GoogLeNetError
+from googlenet.model import list_models
+
+
+class ConfigError(GoogLeNetError):
+    """A configuration file or override that cannot be used."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"  # "fashion-mnist" or "folder"
+    root: str = "data"  # fashion-mnist: where its files are kept; folder: a folder with train/ (and val/)
+    image_size: int = 28
+    val_fraction: float = 1 / 12  # held out of the training images, seeded; 5,000 of Fashion-MNIST's 60,000
+    train_subset: int = 0  # use only this many training images (0 = all): for quick demos
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    augment: str = "flip-crop"  # "none", "flip", "flip-crop" (small images) or "paper" / "modern" (folders)
+    crop_padding: int = 2
+    workers: int = 2  # image folders only; Fashion-MNIST is batched in memory
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small"
+    aux: bool = True
+    aux_weight: float = 0.3  # the paper's weight for each auxiliary loss; 0 trains without them
+    in_channels: int = 0  # 0: from the data (1 for Fashion-MNIST, 3 for folders)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "onecycle"  # "paper", "step", "cosine", "onecycle", "constant"
+    warmup_epochs: float = 0.3
+    step_epochs: float = 8.0  # paper / step: decay every this many epochs
+    gamma: float = 0.96  # paper: 4% less every 8 epochs; step: the factor
+    min_lr_ratio: float = 0.0  # cosine / onecycle: final lr as a fraction of the peak
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall-clock time; 0 = no budget
+    max_steps: int = 0  # stop after this many optimizer steps in total; 0 = run all epochs
+    save_every_steps: int = 0  # also write last.pt every this many steps (survives kill -9); 0 = epoch ends
+    seed: int = 0
+    precision: str = "bf16"  # "fp32" or "bf16" (autocast on CPU, AMP on CUDA)
+    channels_last: bool = True
+    compile: bool = False
+    ema_decay: float = 0.999  # exponential moving average of the weights; 0 = off
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("fashion-mnist", "folder"),
+    "data.augment": ("none", "flip", "flip-crop", "paper", "modern"),
+    "schedule.name": ("paper", "step", "cosine", "onecycle", "constant"),
+    "train.precision": ("fp32", "bf16"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+# (low, high, low inclusive): the range each numeric key must fall in.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "data.image_size": (8, 4096, True),
+    "data.val_fraction": (0, 0.9, True),
+    "data.train_subset": (0, math.inf, True),
+    "data.batch_size": (1, 65536, True),
+    "data.eval_batch_size": (1, 65536, True),
+    "data.crop_padding": (0, 64, True),
+    "data.workers": (0, 64, True),
+    "model.aux_weight": (0, 10, True),
+    "model.in_channels": (0, 64, True),
+    "optim.lr": (0, 1e6, False),
+    "optim.momentum": (0, 1, True),
+    "optim.weight_decay": (0, 1, True),
+    "optim.label_smoothing": (0, 1, True),
+    "optim.grad_clip": (0, math.inf, True),
+    "schedule.warmup_epochs": (0, 1000, True),
+    "schedule.step_epochs": (0, 1000, False),
+    "schedule.gamma": (0, 1, False),
+    "schedule.min_lr_ratio": (0, 1, True),
+    "train.epochs": (1, 100000, True),
+    "train.max_minutes": (0, math.inf, True),
+    "train.max_steps": (0, math.inf, True),
+    "train.save_every_steps": (0, math.inf, True),
+    "train.seed": (0, 2**63, True),
+    "train.ema_decay": (0, 1, True),
+    "train.threads": (0, 1024, True),
+}
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Check one value against its declared type; ints are accepted where floats are expected."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _validate(key: str, value: Any) -> None:
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
+    if key == "model.name" and value not in list_models():
+        raise ConfigError(f"model.name must be one of {', '.join(list_models())}; got {value!r}")
+    if key in RANGES:
+        low, high, inclusive = RANGES[key]
+        too_low = value < low if inclusive else value <= low
+        if too_low or value > high:
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise ConfigError(f"{key} must be {bound} and <= {high:g}; got {value!r}")
+
+
+def _apply(config: Config, key: str, value: Any) -> None:
+    section_name, _, name = key.partition(".")
+    sections = {f.name for f in fields(Config)}
+    if section_name not in sections or not name:
+        raise ConfigError(f"unknown config section in {key!r}; sections are {', '.join(sorted(sections))}")
+    section = getattr(config, section_name)
+    hints = get_type_hints(type(section))
+    if name not in hints:
+        raise ConfigError(f"unknown config key {key!r}; {section_name} has {', '.join(sorted(hints))}")
+    coerced = _coerce(key, value, hints[name])
+    _validate(key, coerced)
+    setattr(section, name, coerced)
+
+
+def _flatten(table: dict[str, Any], source: str) -> list[tuple[str, Any]]:
+    items = []
+    for section, values in table.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section!r} must be a [section] table, got {values!r}")
+        items += [(f"{section}.{key}", value) for key, value in values.items()]
+    return items
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=0.05' -> ('optim.lr', 0.05). Values are TOML ('true', '3', '"cosine"'); a bare word is a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as cosine
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file (if any), then the overrides, each checked by key."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read config file {path}: {error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        for key, value in _flatten(table, str(path)):
+            _apply(config, key, value)
+    apply_overrides(config, overrides or [])
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str], allowed: frozenset[str] | None = None) -> None:
+    """Apply `section.key=value` strings in order; with ``allowed``, other keys are refused by name."""
+    for text in overrides:
+        key, value = parse_override(text)
+        if allowed is not None and key not in allowed:
+            raise ConfigError(f"{key} cannot be changed when resuming; only {', '.join(sorted(allowed))} can")
+        _apply(config, key, value)
+
+
+def config_from_dict(table: dict[str, Any]) -> Config:
+    """Rebuild a Config saved in a checkpoint, with the same checks as a file."""
+    config = Config()
+    for key, value in _flatten(table, "checkpoint config"):
+        _apply(config, key, value)
+    return config

@@ -1,0 +1,99 @@
+"""Evaluate a checkpoint on a split: metrics, per-class accuracy, a JSON record and a confusion matrix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from googlenet.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+from googlenet.config import config_from_dict
+from googlenet.data import eval_split
+from googlenet.engine import EvalResult, evaluate
+from googlenet.plots import confusion_png
+
+
+@dataclass
+class EvalReport:
+    checkpoint: Path
+    split: str
+    weights: str
+    class_names: list[str]
+    result: EvalResult
+    json_path: Path
+    confusion_path: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "split": self.split,
+            "weights": self.weights,
+            "num_samples": self.result.num_samples,
+            "top1": self.result.top1,
+            "top5": self.result.top5,
+            "loss": self.result.loss,
+            "per_class": dict(zip(self.class_names, self.result.per_class, strict=True)),
+            "confusion": self.result.confusion.tolist(),
+        }
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """RUN/checkpoints/best.pt -> RUN; any other checkpoint -> its own folder."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    data_root: str | None = None,
+    out_dir: str | Path | None = None,
+    json_path: str | Path | None = None,
+    progress: bool = False,
+) -> EvalReport:
+    checkpoint = Path(checkpoint)
+    payload = load_checkpoint(checkpoint)
+    model, prep, class_names = model_from_checkpoint(payload)
+    config = config_from_dict(payload["config"])
+    if data_root:
+        config.data.root = data_root
+    batches = eval_split(config.data, prep, split, config.train.seed)
+
+    def bar(stream: Any, total: int) -> Any:
+        return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
+
+    result = evaluate(model, batches, len(class_names), progress=bar)
+    out = Path(out_dir) if out_dir else run_folder(checkpoint)
+    report = EvalReport(
+        checkpoint=checkpoint,
+        split=split,
+        weights=str(payload.get("weights", "model")),
+        class_names=class_names,
+        result=result,
+        json_path=out / f"eval_{split}.json",
+        confusion_path=out / f"confusion_{split}.png",
+    )
+    text = json.dumps(report.as_dict(), indent=2)
+    for path in {report.json_path, *([Path(json_path)] if json_path else [])}:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    title = f"{split}: top-1 {result.top1:.4f} over {result.num_samples:,} images"
+    confusion_png(result.confusion, class_names, report.confusion_path, title)
+    return report
+
+
+def format_result(report: EvalReport) -> str:
+    r = report.result
+    width = max(len(n) for n in report.class_names)
+    lines = [
+        f"{report.checkpoint} on {report.split} ({r.num_samples:,} images, {report.weights} weights)",
+        f"top-1 {r.top1:.4f}   top-5 {r.top5:.4f}   loss {r.loss:.4f}",
+        "",
+        "per-class accuracy:",
+        *(f"  {name:<{width}}  {acc:.4f}" for name, acc in zip(report.class_names, r.per_class, strict=True)),
+        "",
+        f"wrote {report.json_path} and {report.confusion_path}",
+    ]
+    return "\n".join(lines)

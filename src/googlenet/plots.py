@@ -1,0 +1,66 @@
+"""Pictures a person would rather look at than read: training curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+
+import matplotlib.pyplot as plt
+from torch import Tensor
+
+from googlenet.checkpoint import atomic_write
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, title: str) -> None:
+    """Row-normalised confusion matrix with counts: where the mistakes are, at a glance."""
+    counts = confusion.double()
+    rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    n = len(class_names)
+    size = max(5.0, 0.6 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+        for i in range(n):
+            for j in range(n):
+                value = int(counts[i, j])
+                if value:
+                    colour = "white" if rates[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
+    """Loss, accuracy and learning rate against epoch, from metrics.jsonl entries."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    series = (
+        (axes[0], "loss", ("train_loss", "val_loss", "ema_val_loss")),
+        (axes[1], "top-1 accuracy", ("train_top1", "val_top1", "ema_val_top1")),
+        (axes[2], "learning rate (end of epoch)", ("lr",)),
+    )
+    for ax, label, keys in series:
+        for key in keys:
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", label=key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)

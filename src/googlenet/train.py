@@ -1,0 +1,458 @@
+"""The training loop: data, model, SGD, schedule, EMA, checkpoints, metrics, budget, resume.
+
+Read top to bottom: `train()` builds everything, then runs epochs of `_train_steps` with a validation
+pass and checkpoints after each. A run stopped by `train.max_steps`, `train.max_minutes` or a signal
+writes DIR/checkpoints/last.pt at the exact step, and `resume=True` continues from it bit for bit (on CPU
+with deterministic settings): batches are regenerated from (seed, epoch, index), the learning rate is a
+pure function of the step, and the RNG, optimizer and EMA states travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from googlenet.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from googlenet.config import Config, ConfigError, apply_overrides, config_from_dict
+from googlenet.data import DataBundle, build_data
+from googlenet.engine import EvalResult, autocast, evaluate, to_device, training_loss
+from googlenet.errors import GoogLeNetError
+from googlenet.model import GoogLeNet, create_model, get_variant
+from googlenet.schedule import lr_factor
+
+Log = Callable[[str], None]
+RESUMABLE_KEYS = frozenset({"train.epochs", "train.max_steps", "train.max_minutes"})
+
+
+class TrainingDiverged(GoogLeNetError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    history: list[dict[str, Any]]
+    stopped: str  # "finished", "max_steps", "max_minutes", "interrupted"
+    step: int
+
+
+@dataclass
+class _State:
+    """Where a run stands; saved in last.pt."""
+
+    epoch: int = 0  # the epoch in progress
+    batch: int = 0  # the next batch index within it
+    step: int = 0  # optimizer steps taken in total
+    elapsed: float = 0.0  # seconds of training before this process
+    best_top1: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available; use train.device=cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def ema_with_warmup(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], Tensor]:
+    """EMA whose decay ramps up as (1 + n) / (10 + n): early averages are not dominated by the random init."""
+
+    def average(averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return averaged * d + current * (1 - d)
+
+    return average
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases only hurts.
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        (decay if p.dim() > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM ask the loop to stop after the current step and save a checkpoint."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.reason = "interrupted"
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def build_model(config: Config, num_classes: int, in_channels: int) -> GoogLeNet:
+    spec = get_variant(config.model.name)
+    if config.data.image_size < spec.min_input_size:
+        raise ConfigError(
+            f"data.image_size={config.data.image_size} is below the {spec.name} variant's minimum of "
+            f"{spec.min_input_size} px; use model.name=small for small images"
+        )
+    return create_model(config.model.name, num_classes=num_classes, in_channels=in_channels, aux=config.model.aux)
+
+
+def _payload(
+    config: Config,
+    model: GoogLeNet,
+    data: DataBundle,
+    ema: AveragedModel | None,
+    state: _State,
+    *,
+    optimizer: torch.optim.Optimizer | None,
+    weights: str,
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "model": {"name": model.variant, "num_classes": model.num_classes, "in_channels": model.in_channels},
+        "state_dict": model.state_dict(),
+        "ema_state_dict": ema.module.state_dict() if ema is not None else None,
+        "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+        "weights": weights,  # which weights evaluate / predict use: "ema" or "model"
+        "preprocessing": data.preprocessing.to_dict(),
+        "class_names": list(data.class_names),
+        "config": config.to_dict(),
+        "position": {"epoch": state.epoch, "batch": state.batch, "step": state.step},
+        "elapsed": state.elapsed,
+        "best_top1": state.best_top1,
+        "history": state.history,
+    }
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+        payload["rng"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            payload["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return payload
+
+
+def train(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    resume_overrides: list[str] | None = None,
+    progress: bool = False,
+    log: Log = print,
+) -> TrainResult:
+    """Train as ``config`` says into ``out_dir`` (metrics.jsonl, tensorboard/, checkpoints/last.pt, best.pt).
+    With ``resume``, the run in ``out_dir`` continues under its own config; ``resume_overrides`` may change
+    only how long it runs (train.epochs, train.max_steps, train.max_minutes)."""
+    out = Path(out_dir)
+    last_path, best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+    resumed: dict[str, Any] | None = None
+    if resume:
+        resumed = load_checkpoint(last_path)
+        config = config_from_dict(resumed["config"])
+        apply_overrides(config, resume_overrides or [], allowed=RESUMABLE_KEYS)
+    elif last_path.exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    _check_writable(out)
+
+    cfg = config
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.train.deterministic or was_deterministic)
+    try:
+        return _train(cfg, out, last_path, best_path, resumed, progress, log)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(
+    cfg: Config,
+    out: Path,
+    last_path: Path,
+    best_path: Path,
+    resumed: dict[str, Any] | None,
+    progress: bool,
+    log: Log,
+) -> TrainResult:
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+
+    data = build_data(
+        cfg.data, in_channels=cfg.model.in_channels, seed=cfg.train.seed, pin_memory=device.type == "cuda"
+    )
+    model = build_model(cfg, len(data.class_names), data.preprocessing.in_channels).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        _param_groups(model, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
+    )
+    ema = (
+        AveragedModel(model, avg_fn=ema_with_warmup(cfg.train.ema_decay), use_buffers=True)
+        if cfg.train.ema_decay > 0
+        else None
+    )
+    state = _State()
+    if resumed is not None:
+        state = _restore(resumed, model, optimizer, ema)
+        log(f"resuming {last_path} at epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
+
+    steps_per_epoch = len(data.train)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    # Compiling the loss function traces forward_train and both auxiliary heads with it.
+    loss_fn: Callable[..., tuple[Tensor, Tensor]] = torch.compile(training_loss) if cfg.train.compile else training_loss
+    writer = _tensorboard(out / "tensorboard")
+    started = time.monotonic() - state.elapsed
+    stopped = "finished"
+    log(
+        f"training {cfg.model.name} on {cfg.data.dataset} ({data.train.num_samples:,} images, "
+        f"{len(data.class_names)} classes, {cfg.data.image_size} px) for {cfg.train.epochs} epochs "
+        f"= {total_steps:,} steps on {device.type} ({cfg.train.precision})"
+    )
+
+    def save_position() -> None:
+        _check_finite(model, state)
+        state.elapsed = time.monotonic() - started
+        save_checkpoint(last_path, _payload(cfg, model, data, ema, state, optimizer=optimizer, weights="model"))
+
+    with _StopFlag() as stop:
+        while state.epoch < cfg.train.epochs:
+            epoch_start = time.monotonic()
+            bar = tqdm(
+                data.train.epoch(state.epoch, state.batch),
+                total=steps_per_epoch,
+                initial=state.batch,
+                desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+                disable=not progress,
+                dynamic_ncols=True,
+                leave=False,
+            )
+            stats = _train_steps(
+                cfg, loss_fn, model, optimizer, ema, bar, state, device, total_steps, stop, save_position
+            )
+            bar.close()
+            # Why the loop left the epoch early, if it did.
+            if stop.reason:
+                stopped = stop.reason
+            elif cfg.train.max_steps and state.step >= cfg.train.max_steps:
+                stopped = "max_steps"
+            elif cfg.train.max_minutes and time.monotonic() - started > cfg.train.max_minutes * 60:
+                stopped = "max_minutes"
+            state.elapsed = time.monotonic() - started
+            if state.batch < steps_per_epoch and stopped != "finished":
+                save_position()
+                log(f"stopped ({stopped}) at step {state.step}; checkpoint {last_path}")
+                break
+            entry = _end_epoch(cfg, model, ema, data, state, stats, device, time.monotonic() - epoch_start, started)
+            state.epoch, state.batch = state.epoch + 1, 0
+            log(_epoch_line(entry))
+            _write_jsonl(out / "metrics.jsonl", state.history)
+            if writer is not None:
+                for key, value in entry.items():
+                    if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                        writer.add_scalar(key, value, entry["epoch"])
+                writer.flush()
+            weights = "ema" if entry.get("ema_val_top1", -1) > entry.get("val_top1", -1) else "model"
+            best = max(entry.get("val_top1", -1.0), entry.get("ema_val_top1", -1.0))
+            improved = best > state.best_top1 or not best_path.exists()
+            state.best_top1 = max(best, state.best_top1)
+            _check_finite(model, state)
+            payload = _payload(cfg, model, data, ema, state, optimizer=optimizer, weights=weights)
+            save_checkpoint(last_path, payload)
+            if improved:
+                save_checkpoint(best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "rng")})
+            if stopped != "finished":
+                log(f"stopped ({stopped}) after epoch {state.epoch}; checkpoint {last_path}")
+                break
+    if writer is not None:
+        writer.close()
+    return TrainResult(out, last_path, best_path if best_path.exists() else None, state.history, stopped, state.step)
+
+
+def _train_steps(
+    cfg: Config,
+    loss_fn: Callable[..., tuple[Tensor, Tensor]],
+    model: GoogLeNet,
+    optimizer: torch.optim.Optimizer,
+    ema: AveragedModel | None,
+    batches: Iterator[tuple[Tensor, Tensor]],
+    state: _State,
+    device: torch.device,
+    total_steps: int,
+    stop: _StopFlag,
+    save_position: Callable[[], None],
+) -> dict[str, float]:
+    """Optimizer steps over one epoch's batches, until the epoch ends or a stop condition holds."""
+    steps_per_epoch = total_steps // cfg.train.epochs
+    model.train()
+    loss_sum, correct, seen, images_time = 0.0, 0, 0, 0.0
+    budget = cfg.train.max_minutes * 60
+    run_started = time.monotonic() - state.elapsed
+    for x, y in batches:
+        tick = time.monotonic()
+        x, y = to_device(x, y, device, cfg.train.channels_last)
+        lr = cfg.optim.lr * lr_factor(state.step, total_steps, steps_per_epoch, cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, cfg.train.precision):
+            loss, logits = loss_fn(
+                model, x, y, aux_weight=cfg.model.aux_weight, label_smoothing=cfg.optim.label_smoothing
+            )
+        if not math.isfinite(loss.item()):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {state.step} (lr {lr:.4g}); the last good checkpoint is "
+                "kept: lower optim.lr or set optim.grad_clip"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        state.step += 1
+        state.batch += 1
+        batch = int(y.numel())
+        loss_sum += loss.item() * batch
+        correct += int((logits.argmax(1) == y).sum())
+        seen += batch
+        images_time += time.monotonic() - tick
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{seen / images_time:.0f}", lr=f"{lr:.3g}")  # fmt: skip
+        if stop.reason or _out_of_budget(cfg, state, run_started, budget):
+            break
+        if cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
+            save_position()
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1": correct / max(seen, 1),
+        "img_per_s": seen / max(images_time, 1e-9),
+        "lr": cfg.optim.lr * lr_factor(max(state.step - 1, 0), total_steps, steps_per_epoch, cfg.schedule),
+    }
+
+
+def _check_finite(model: nn.Module, state: _State) -> None:
+    """Never overwrite a good checkpoint with weights that overflowed."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise TrainingDiverged(
+            f"the weights overflowed by step {state.step}; the last good checkpoint is kept: lower optim.lr "
+            "or set optim.grad_clip"
+        )
+
+
+def _out_of_budget(cfg: Config, state: _State, run_started: float, budget: float) -> bool:
+    if cfg.train.max_steps and state.step >= cfg.train.max_steps:
+        return True
+    return bool(budget) and time.monotonic() - run_started > budget
+
+
+def _end_epoch(
+    cfg: Config,
+    model: GoogLeNet,
+    ema: AveragedModel | None,
+    data: DataBundle,
+    state: _State,
+    stats: dict[str, float],
+    device: torch.device,
+    seconds: float,
+    started: float,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, **stats, "epoch_seconds": seconds}
+    if data.val is not None:
+        kwargs: dict[str, Any] = {
+            "device": device,
+            "precision": cfg.train.precision,
+            "channels_last": cfg.train.channels_last,
+        }
+        result: EvalResult = evaluate(model, data.val, len(data.class_names), **kwargs)
+        entry.update(result.as_dict("val_"))
+        if ema is not None:
+            entry.update(evaluate(ema.module, data.val, len(data.class_names), **kwargs).as_dict("ema_val_"))
+    entry["elapsed_minutes"] = (time.monotonic() - started) / 60
+    state.history.append(entry)
+    return entry
+
+
+def _epoch_line(entry: dict[str, Any]) -> str:
+    parts = [f"epoch {entry['epoch']}", f"train loss {entry['train_loss']:.4f} acc {entry['train_top1']:.4f}"]
+    if "val_top1" in entry:
+        parts.append(f"val loss {entry['val_loss']:.4f} top1 {entry['val_top1']:.4f}")
+    if "ema_val_top1" in entry:
+        parts.append(f"EMA top1 {entry['ema_val_top1']:.4f}")
+    parts.append(f"{entry['img_per_s']:.0f} img/s, lr {entry['lr']:.4g}, {entry['elapsed_minutes']:.1f} min")
+    return " | ".join(parts)
+
+
+def _write_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
+    # Rewritten whole from the history that travels in the checkpoint, atomically: a run killed between
+    # writing metrics and its checkpoint never ends up with a duplicated or half-written line.
+    text = "".join(json.dumps(entry) + "\n" for entry in history)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _tensorboard(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a pinned dependency; tolerate its absence rather than fail a run
+        return None
+    return SummaryWriter(str(path))
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+
+
+def _restore(
+    payload: dict[str, Any], model: GoogLeNet, optimizer: torch.optim.Optimizer, ema: AveragedModel | None
+) -> _State:
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if ema is not None and payload.get("ema_state_dict") is not None:
+        ema.module.load_state_dict(payload["ema_state_dict"])
+        ema.n_averaged.fill_(int(payload["ema_n_averaged"]))
+    torch.set_rng_state(payload["rng"])
+    if "cuda_rng" in payload and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    position = payload["position"]
+    return _State(
+        epoch=int(position["epoch"]),
+        batch=int(position["batch"]),
+        step=int(position["step"]),
+        elapsed=float(payload.get("elapsed", 0.0)),
+        best_top1=float(payload.get("best_top1", -1.0)),
+        history=list(payload.get("history", [])),
+    )

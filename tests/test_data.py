@@ -1,0 +1,114 @@
+"""Real Fashion-MNIST through torchvision's reader, and the in-memory batcher."""
+
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+
+from googlenet.config import DataConfig
+from googlenet.data import (
+    DataError,
+    Preprocessing,
+    TensorBatches,
+    build_data,
+    ensure_fashion_mnist,
+    eval_split,
+    load_fashion_mnist,
+    split_indices,
+)
+
+
+def test_real_fashion_mnist(fashion_root: Path) -> None:
+    images, labels, classes = load_fashion_mnist(fashion_root, train=True, allow_download=False)
+    assert images.shape == (60_000, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (60_000,) and set(labels.tolist()) == set(range(10))
+    assert classes[0] == "T-shirt/top" and classes[9] == "Ankle boot"
+    test_images, _, _ = load_fashion_mnist(fashion_root, train=False, allow_download=False)
+    assert test_images.shape == (10_000, 28, 28)
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    train, val = split_indices(1000, 0.1, seed=3)
+    assert len(val) == 100 and len(train) == 900
+    assert not set(train.tolist()) & set(val.tolist())
+    again, _ = split_indices(1000, 0.1, seed=3)
+    other, _ = split_indices(1000, 0.1, seed=4)
+    assert torch.equal(train, again) and not torch.equal(train, other)
+
+
+def test_bundle_and_eval_splits(fashion_root: Path) -> None:
+    cfg = DataConfig(root=str(fashion_root), val_fraction=0.1, batch_size=64)
+    bundle = build_data(cfg, in_channels=0, seed=0)
+    assert bundle.train.num_samples == 54_000 and bundle.val is not None and bundle.val.num_samples == 6_000
+    assert bundle.preprocessing.in_channels == 1 and 0.2 < bundle.preprocessing.mean[0] < 0.4
+    x, y = next(iter(bundle.train.epoch(0)))
+    assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
+    assert abs(float(x.mean())) < 0.5  # normalised
+    assert eval_split(cfg, bundle.preprocessing, "test", seed=0).num_samples == 10_000
+    assert eval_split(cfg, bundle.preprocessing, "val", seed=0).num_samples == 6_000
+
+
+def make_batches(augment: str = "flip-crop", n: int = 100) -> TensorBatches:
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    prep = Preprocessing(image_size=28, resize=28, in_channels=1, mean=[0.5], std=[0.25])
+    return TensorBatches(images, torch.arange(n), prep, 16, shuffle=True, augment=augment, crop_padding=2, seed=7)
+
+
+def test_batches_are_reproducible_and_resume_mid_epoch() -> None:
+    batches = make_batches()
+    first = list(batches.epoch(1))
+    assert len(first) == len(batches) == 7
+    again = list(batches.epoch(1))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    resumed = list(batches.epoch(1, start_batch=3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first[3:], resumed, strict=True))
+    other = list(batches.epoch(2))
+    assert not torch.equal(first[0][1], other[0][1])  # a new order each epoch
+    assert sorted(torch.cat([y for _, y in first]).tolist()) == list(range(100))  # every image once
+
+
+def test_augmentation_flips_and_shifts_but_keeps_content() -> None:
+    plain = make_batches("none")
+    augmented = make_batches("flip-crop")
+    x0, y0 = next(plain.epoch(0))
+    x1, y1 = next(augmented.epoch(0))
+    assert torch.equal(y0, y1) and x0.shape == x1.shape == (16, 1, 28, 28)
+    assert not torch.equal(x0, x1)
+    # A 2-pixel shift keeps the centre: every augmented centre patch appears in the (possibly flipped) original.
+    for a, b in zip(x0, x1, strict=True):
+        centre = b[0, 4:24, 4:24]
+        found = any(
+            torch.equal(centre, img[0, 4 + dy : 24 + dy, 4 + dx : 24 + dx])
+            for img in (a, a.flip(2))
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
+        assert found
+
+
+def test_resize_to_a_larger_input() -> None:
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
+    prep = Preprocessing(image_size=32, resize=32, in_channels=1, mean=[0.5], std=[0.25])
+    x, _ = next(TensorBatches(images, torch.arange(8), prep, 8).epoch(0))
+    assert x.shape == (8, 1, 32, 32)
+
+
+def test_missing_data_gives_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("googlenet.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
+        ensure_fashion_mnist(tmp_path / "root", allow_download=False)
+
+
+def test_garbled_idx_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("googlenet.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        with gzip.open(tmp_path / f"{name}.gz", "wb") as f:
+            f.write(b"\x00\x00\x08\x03garbage")
+    with pytest.raises(DataError, match="cannot read Fashion-MNIST"):
+        load_fashion_mnist(tmp_path, train=True, allow_download=False)
