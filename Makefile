@@ -28,7 +28,7 @@ data: setup
 	else \
 		echo "no apt-get (or not root): torchvision will try to download Fashion-MNIST"; \
 	fi
-	$(BIN)/googlenet prepare-data --root $(DATA_ROOT)
+	$(BIN)/googlenet data prepare --root $(DATA_ROOT)
 
 # About 10 minutes on 2 CPU cores: train on real Fashion-MNIST, evaluate on the official test set, report.
 demo: data
@@ -38,8 +38,8 @@ demo: data
 	$(BIN)/googlenet report $(DEMO_OUT)
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests hubconf.py
+	$(BIN)/ruff format --check src tests hubconf.py
 
 typecheck: setup
 	$(BIN)/mypy

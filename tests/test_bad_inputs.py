@@ -15,30 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from googlenet.checkpoint import save_checkpoint
 from googlenet.cli import main
 from googlenet.config import Config
 from googlenet.model import create_model
+from helpers import make_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
 SENTINEL_NAME = "PWNED"
-
-
-def make_checkpoint(path: Path, **changes: object) -> Path:
-    """A valid checkpoint of the small variant (untrained), with optional damage."""
-    model = create_model("small", num_classes=10, in_channels=1, aux=False)
-    payload: dict[str, object] = {
-        "model": {"name": "small", "num_classes": 10, "in_channels": 1},
-        "state_dict": model.state_dict(),
-        "ema_state_dict": None,
-        "weights": "model",
-        "preprocessing": {"image_size": 28, "resize": 28, "in_channels": 1, "mean": [0.29], "std": [0.35]},
-        "class_names": [f"class{i}" for i in range(10)],
-        "config": Config().to_dict(),
-    }
-    payload.update(changes)
-    save_checkpoint(path, payload)
-    return path
 
 
 def png_with_declared_size(path: Path, width: int, height: int) -> Path:

@@ -3,29 +3,13 @@
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
 
 from googlenet.checkpoint import load_checkpoint
 from googlenet.config import load_config
 from googlenet.evaluate import evaluate_checkpoint
 from googlenet.predict import predict_paths
 from googlenet.train import train
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-def make_folder(root: Path, per_class: int = 8) -> Path:
-    g = torch.Generator().manual_seed(0)
-    for split, count in (("train", per_class), ("val", 3)):
-        for name, colour in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                noise = torch.randint(-30, 30, (40, 48, 3), generator=g)
-                pixels = (torch.tensor(colour).view(1, 1, 3) + noise).clamp(0, 255).to(torch.uint8)
-                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
-    return root
+from helpers import COLOURS, make_folder
 
 
 @pytest.fixture(scope="module")

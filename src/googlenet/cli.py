@@ -7,6 +7,7 @@ exit code 2. Anything else is an internal error: one line and exit code 1. `--de
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -94,6 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.max_minutes is not None:
         args.set.append(f"train.max_minutes={args.max_minutes}")
+    if args.init is not None:
+        args.set.append(f"model.init={json.dumps(args.init)}")
+    if args.freeze_features:
+        args.set.append("model.freeze_features=true")
     if args.resume:
         config = load_config(None)
     else:
@@ -119,8 +124,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from googlenet.evaluate import evaluate_checkpoint, format_result
 
+    if len(args.checkpoint) > 1 or args.crops != 1:
+        return _evaluate_multicrop(args)
     report = evaluate_checkpoint(
-        args.checkpoint,
+        args.checkpoint[0],
         split=args.split,
         data_root=args.data_root,
         out_dir=args.out,
@@ -128,6 +135,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=_progress_wanted(args),
     )
     print(format_result(report))
+    return 0
+
+
+def _evaluate_multicrop(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from googlenet.multicrop import default_root, ensemble_table, format_table
+
+    root = Path(args.data_root) / args.split if args.data_root else default_root(args.checkpoint[0], args.split)
+    rows, images = ensemble_table(args.checkpoint, root, sorted({1, args.crops}), progress=_progress_wanted(args))
+    print(format_table(rows, images))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from googlenet.inspect_data import format_inspection, inspect_folder, sample_grid_png
+
+    result = inspect_folder(args.folder, progress=_progress_wanted(args))
+    print(format_inspection(result))
+    grid = Path(args.grid) if args.grid else Path(f"{Path(args.folder).resolve().name}-samples.png")
+    sample_grid_png(result, grid)
+    print(f"wrote {grid}")
     return 0
 
 
@@ -150,6 +181,24 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from googlenet.data import ensure_fashion_mnist
 
     print(f"Fashion-MNIST ready in {ensure_fashion_mnist(args.root)}")
+    return 0
+
+
+def cmd_import_torchvision(args: argparse.Namespace) -> int:
+    from googlenet.interop import import_torchvision
+
+    print(f"wrote {import_torchvision(args.weights, args.out)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from googlenet.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.format, args.out, check_images=args.check_images)
+    print(
+        f"wrote {result.path} ({result.format}); max |difference| from the eager model on "
+        f"{result.random_inputs} random and {result.real_inputs} real images: {result.max_abs_diff:.3g}"
+    )
     return 0
 
 
@@ -184,11 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, help="run folder: metrics, TensorBoard logs, checkpoints")
     train.add_argument("--max-minutes", type=float, help="wall-clock budget; the run stops with a checkpoint")
+    train.add_argument("--init", help="fine-tune: start from this checkpoint (classifier reset if classes differ)")
+    train.add_argument("--freeze-features", action="store_true", help="fine-tune only the classifier heads")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
 
     evaluate = command("evaluate", cmd_evaluate, "top-1/top-5, loss, per-class accuracy and confusion matrix")
-    evaluate.add_argument("checkpoint", help="a checkpoint written by 'googlenet train'")
+    evaluate.add_argument("checkpoint", nargs="+", help="checkpoint(s); several make an ensemble")
+    evaluate.add_argument("--crops", type=int, choices=(1, 10, 144), default=1, help="views per image (the paper's)")
     evaluate.add_argument("--split", default="test", choices=("test", "val", "train"))
     evaluate.add_argument("--data-root", help="where the data is (default: the root recorded in the checkpoint)")
     evaluate.add_argument("--out", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run folder)")
@@ -204,7 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
     report = command("report", cmd_report, "a markdown report with curves and confusion matrix for a run folder")
     report.add_argument("run", help="a folder written by 'googlenet train --out'")
 
-    prepare = command("prepare-data", cmd_data_prepare, "put Fashion-MNIST where training reads it")
+    importer = command("import-torchvision", cmd_import_torchvision, "make a checkpoint of torchvision's weights")
+    importer.add_argument("weights", nargs="?", help="googlenet-1378be20.pth (default: torch's hub cache)")
+    importer.add_argument("--out", required=True, help="checkpoint to write")
+
+    export = command("export", cmd_export, "export a checkpoint: onnx, torch-export or safetensors")
+    export.add_argument("checkpoint")
+    export.add_argument("--format", required=True, choices=("onnx", "torch-export", "safetensors"))
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--check-images", nargs="*", default=[], help="real images to compare outputs on too")
+
+    data = commands.add_parser("data", help="look at or prepare data", description="look at or prepare data")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", parser_class=_Parser)
+    data_commands.required = True
+    inspect = data_commands.add_parser("inspect", help="per-class counts, sizes, modes, unreadable files, sample grid")
+    inspect.set_defaults(handler=cmd_inspect)
+    inspect.add_argument("folder", help="an image folder with one sub-folder per class")
+    inspect.add_argument("--grid", help="where to write the sample grid PNG (default: ./FOLDERNAME-samples.png)")
+    inspect.add_argument("--no-progress", action="store_true")
+    prepare = data_commands.add_parser("prepare", help="put Fashion-MNIST where training reads it")
+    prepare.set_defaults(handler=cmd_data_prepare)
     prepare.add_argument("--root", default="data", help="data root (default: data)")
     return parser
 

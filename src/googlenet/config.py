@@ -41,6 +41,8 @@ class ModelConfig:
     aux: bool = True
     aux_weight: float = 0.3  # the paper's weight for each auxiliary loss; 0 trains without them
     in_channels: int = 0  # 0: from the data (1 for Fashion-MNIST, 3 for folders)
+    init: str = ""  # fine-tuning: start from this checkpoint's weights; the classifier is reset if classes differ
+    freeze_features: bool = False  # fine-tuning: train only the classifier (and auxiliary heads)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    backbone_lr_mult: float = 1.0  # discriminative fine-tuning: the features' lr is lr x this
 
 
 @dataclass
@@ -113,6 +116,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "optim.weight_decay": (0, 1, True),
     "optim.label_smoothing": (0, 1, True),
     "optim.grad_clip": (0, math.inf, True),
+    "optim.backbone_lr_mult": (0, 100, True),
     "schedule.warmup_epochs": (0, 1000, True),
     "schedule.step_epochs": (0, 1000, False),
     "schedule.gamma": (0, 1, False),

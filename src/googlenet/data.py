@@ -278,14 +278,19 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-def _fashion_mnist_bundle(cfg: DataConfig, seed: int, allow_download: bool) -> DataBundle:
+def _fashion_mnist_bundle(
+    cfg: DataConfig, seed: int, allow_download: bool, norm: tuple[list[float], list[float]] | None = None
+) -> DataBundle:
     images, labels, classes = load_fashion_mnist(cfg.root, train=True, allow_download=allow_download)
     train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, seed)
     if cfg.train_subset:
         train_idx = train_idx[: cfg.train_subset]
     train_pixels = images[train_idx].float().div_(255)
     mean, std = float(train_pixels.mean()), float(train_pixels.std())  # from the training split only
-    prep = Preprocessing(image_size=cfg.image_size, resize=cfg.image_size, in_channels=1, mean=[mean], std=[std])
+    mean_std = norm or ([mean], [std])
+    prep = Preprocessing(
+        image_size=cfg.image_size, resize=cfg.image_size, in_channels=1, mean=mean_std[0], std=mean_std[1]
+    )
     train = TensorBatches(
         images[train_idx],
         labels[train_idx],
@@ -369,6 +374,42 @@ def train_transform(cfg: DataConfig, prep: Preprocessing) -> transforms.Compose:
     return transforms.Compose([*steps, *flip, transforms.ToTensor(), transforms.Normalize(prep.mean, prep.std)])
 
 
+SYNSET_MAPPING = "LOC_synset_mapping.txt"
+
+
+def read_synset_mapping(path: str | Path) -> dict[str, str]:
+    """LOC_synset_mapping.txt ('n01440764 tench, Tinca tinca' per line) -> {WNID: first lemma}."""
+    mapping = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        wnid, _, lemmas = line.strip().partition(" ")
+        if not (wnid.startswith("n") and wnid[1:].isdigit()) or not lemmas:
+            raise DataError(f"{path}:{number} is not 'WNID lemma, lemma, ...': {line[:60]!r}")
+        mapping[wnid] = lemmas.split(",")[0].strip()
+    return mapping
+
+
+def _devkit_mapping(root: Path) -> dict[str, str] | None:
+    """WNID -> name from an ImageNet devkit's meta.mat, parsed by torchvision."""
+    for devkit in (root, root / "ILSVRC2012_devkit_t12"):
+        if (devkit / "data" / "meta.mat").is_file():
+            from torchvision.datasets.imagenet import parse_meta_mat
+
+            _, wnid_to_classes = parse_meta_mat(str(devkit))
+            return {wnid: names[0] for wnid, names in wnid_to_classes.items()}
+    return None
+
+
+def class_names_for(root: Path, folder_names: list[str]) -> list[str]:
+    """Human-readable names for class folders: WNID folders (n02097047) are named from the dataset's own
+    LOC_synset_mapping.txt or devkit meta.mat when it brings one; other folders keep their names."""
+    mapping = read_synset_mapping(root / SYNSET_MAPPING) if (root / SYNSET_MAPPING).is_file() else _devkit_mapping(root)
+    if not mapping:
+        return list(folder_names)
+    return [mapping.get(name, name) for name in folder_names]
+
+
 def _image_folder(path: Path, transform: Any, in_channels: int) -> torchvision.datasets.ImageFolder:
     if not path.is_dir():
         raise DataError(f"image folder {path} does not exist")
@@ -380,10 +421,12 @@ def _image_folder(path: Path, transform: Any, in_channels: int) -> torchvision.d
         raise DataError(f"{path} is not a usable image folder (one sub-folder of images per class): {error}") from None
 
 
-def _folder_bundle(cfg: DataConfig, in_channels: int, seed: int, pin_memory: bool) -> DataBundle:
+def _folder_bundle(
+    cfg: DataConfig, in_channels: int, seed: int, pin_memory: bool, norm: tuple[list[float], list[float]] | None
+) -> DataBundle:
     root = Path(cfg.root)
     train_dir = root / "train" if (root / "train").is_dir() else root
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.5,), (0.5,))
+    mean, std = norm or ((IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.5,), (0.5,)))
     prep = Preprocessing(
         image_size=cfg.image_size,
         resize=round(cfg.image_size * 256 / 224),
@@ -405,7 +448,7 @@ def _folder_bundle(cfg: DataConfig, in_channels: int, seed: int, pin_memory: boo
     common = {"seed": seed, "workers": cfg.workers, "pin_memory": pin_memory}
     train = LoaderBatches(train_part, cfg.batch_size, shuffle=True, **common)  # type: ignore[arg-type]
     val = LoaderBatches(val_part, cfg.eval_batch_size, shuffle=False, **common) if val_part else None  # type: ignore[arg-type]
-    return DataBundle(train, val, list(train_set.classes), prep)
+    return DataBundle(train, val, class_names_for(root, list(train_set.classes)), prep)
 
 
 def folder_split(cfg: DataConfig, prep: Preprocessing, split: str) -> LoaderBatches:
@@ -415,11 +458,19 @@ def folder_split(cfg: DataConfig, prep: Preprocessing, split: str) -> LoaderBatc
     return LoaderBatches(dataset, cfg.eval_batch_size, shuffle=False, seed=0, workers=cfg.workers, pin_memory=False)
 
 
-def build_data(cfg: DataConfig, *, in_channels: int, seed: int, pin_memory: bool = False) -> DataBundle:
-    """The train and validation splits named by ``cfg``."""
+def build_data(
+    cfg: DataConfig,
+    *,
+    in_channels: int,
+    seed: int,
+    pin_memory: bool = False,
+    norm: tuple[list[float], list[float]] | None = None,
+) -> DataBundle:
+    """The train and validation splits named by ``cfg``; ``norm`` (mean, std) replaces the data's own
+    normalisation, as when fine-tuning weights trained with another one."""
     if cfg.dataset == "fashion-mnist":
-        return _fashion_mnist_bundle(cfg, seed, allow_download=True)
-    return _folder_bundle(cfg, in_channels or 3, seed, pin_memory)
+        return _fashion_mnist_bundle(cfg, seed, allow_download=True, norm=norm)
+    return _folder_bundle(cfg, in_channels or 3, seed, pin_memory, norm)
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:

@@ -64,3 +64,18 @@ def curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> N
         ax.legend()
     fig.suptitle(title)
     _save(fig, path)
+
+
+def image_grid_png(rows: list[tuple[str, list[Any]]], path: str | Path, title: str) -> None:
+    """Labelled rows of PIL images, e.g. samples per class."""
+    columns = max((len(images) for _, images in rows), default=1) or 1
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns + 1.5, 1.6 * len(rows) + 0.6), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c], cmap="gray" if images[c].mode == "L" else None)
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    fig.suptitle(title)
+    _save(fig, path)

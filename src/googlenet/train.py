@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from googlenet.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from googlenet.config import Config, ConfigError, apply_overrides, config_from_dict
-from googlenet.data import DataBundle, build_data
+from googlenet.data import DataBundle, Preprocessing, build_data
 from googlenet.engine import EvalResult, autocast, evaluate, to_device, training_loss
 from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet, create_model, get_variant
@@ -82,13 +82,52 @@ def ema_with_warmup(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], Te
     return average
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases only hurts.
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        (decay if p.dim() > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+HEAD_PREFIXES = ("fc.", "aux1.", "aux2.")
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(HEAD_PREFIXES)
+
+
+def _param_groups(model: nn.Module, weight_decay: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+    """Weight decay on conv and linear weights only (decaying BatchNorm scales and biases only hurts), and
+    the backbone's learning-rate multiplier for discriminative fine-tuning. Frozen parameters are left out."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.dim() > 1, _is_head(name)), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr_mult": 1.0 if head else backbone_lr_mult,
+        }
+        for (decays, head), params in sorted(groups.items(), key=lambda item: item[0])
+    ]
+
+
+def initialise_from(model: GoogLeNet, payload: dict[str, Any], source: str) -> str:
+    """Load a checkpoint's weights into ``model`` for fine-tuning. Classifier layers whose class count differs
+    (fc, the auxiliary fc2) keep their fresh initialisation; every other tensor must fit."""
+    if payload["model"]["name"] != model.variant:
+        raise ConfigError(f"model.init {source} holds a {payload['model']['name']} model, not {model.variant}")
+    use_ema = payload.get("weights") == "ema" and payload.get("ema_state_dict")
+    state = payload["ema_state_dict"] if use_ema else payload["state_dict"]
+    own = model.state_dict()
+    loaded = {}
+    for key, tensor in state.items():
+        if key not in own:
+            continue  # e.g. auxiliary heads the new model does not have
+        if own[key].shape == tensor.shape:
+            loaded[key] = tensor
+        elif not _is_head(key):
+            raise ConfigError(
+                f"model.init {source}: {key} has shape {tuple(tensor.shape)}, the model needs {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(loaded, strict=False)
+    fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in loaded and not k.endswith("num_batches_tracked")})
+    note = f"; freshly initialised: {', '.join(fresh)}" if fresh else ""
+    return f"initialised from {source}: {len(loaded)} of {len(own)} tensors loaded{note}"
 
 
 class _StopFlag:
@@ -202,14 +241,26 @@ def _train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
 
+    init = load_checkpoint(cfg.model.init) if cfg.model.init and resumed is None else None
+    init_prep = Preprocessing.from_dict(init["preprocessing"]) if init else None
     data = build_data(
-        cfg.data, in_channels=cfg.model.in_channels, seed=cfg.train.seed, pin_memory=device.type == "cuda"
+        cfg.data,
+        in_channels=cfg.model.in_channels or (init_prep.in_channels if init_prep else 0),
+        seed=cfg.train.seed,
+        pin_memory=device.type == "cuda",
+        norm=(init_prep.mean, init_prep.std) if init_prep else None,
     )
-    model = build_model(cfg, len(data.class_names), data.preprocessing.in_channels).to(device)
+    model = build_model(cfg, len(data.class_names), data.preprocessing.in_channels)
+    if init is not None:
+        log(initialise_from(model, init, cfg.model.init))
+    if cfg.model.freeze_features:
+        for name, p in model.named_parameters():
+            p.requires_grad_(_is_head(name))
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
-        _param_groups(model, cfg.optim.weight_decay),
+        _param_groups(model, cfg.optim.weight_decay, cfg.optim.backbone_lr_mult),
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
@@ -312,6 +363,11 @@ def _train_steps(
     """Optimizer steps over one epoch's batches, until the epoch ends or a stop condition holds."""
     steps_per_epoch = total_steps // cfg.train.epochs
     model.train()
+    if cfg.model.freeze_features:
+        # Frozen features keep their BatchNorm statistics too: only the heads learn.
+        for name, module in model.named_modules():
+            if isinstance(module, nn.BatchNorm2d) and not _is_head(name + "."):
+                module.eval()
     loss_sum, correct, seen, images_time = 0.0, 0, 0, 0.0
     budget = cfg.train.max_minutes * 60
     run_started = time.monotonic() - state.elapsed
@@ -320,7 +376,7 @@ def _train_steps(
         x, y = to_device(x, y, device, cfg.train.channels_last)
         lr = cfg.optim.lr * lr_factor(state.step, total_steps, steps_per_epoch, cfg.schedule)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]
         with autocast(device, cfg.train.precision):
             loss, logits = loss_fn(
                 model, x, y, aux_weight=cfg.model.aux_weight, label_smoothing=cfg.optim.label_smoothing

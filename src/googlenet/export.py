@@ -1,0 +1,141 @@
+"""Export a checkpoint for serving: ONNX (checked against ONNX Runtime), a torch.export program, or
+safetensors weights with metadata. Auxiliary heads are never exported. Every export is reloaded and
+compared with the eager model before it is reported."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from googlenet.checkpoint import CheckpointError, atomic_write, load_checkpoint, model_from_checkpoint
+from googlenet.data import Preprocessing, collect_images
+from googlenet.errors import GoogLeNetError
+from googlenet.interop import payload_for_model
+from googlenet.model import GoogLeNet, create_model
+
+FORMATS = ("onnx", "torch-export", "safetensors")
+METADATA_KEY = "googlenet"
+
+
+class ExportError(GoogLeNetError):
+    """An export that could not be written or does not reproduce the eager model."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    random_inputs: int
+    real_inputs: int
+
+
+def _check_inputs(model: GoogLeNet, prep: Preprocessing, images: Sequence[str | Path]) -> tuple[Tensor, int]:
+    """Three random images (a batch size unlike the export's example, to exercise the dynamic axis) and
+    the given real images through the checkpoint's own preprocessing."""
+    size = prep.image_size
+    random = torch.randn(3, model.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    files = collect_images(images) if images else []
+    real = [prep.load_image(f) for f in files]
+    return (torch.cat([random, torch.stack(real)]) if real else random), len(real)
+
+
+def _compare(expected: Tensor, actual: Tensor, tolerance: float, what: str) -> float:
+    diff = float((expected - actual).abs().max())
+    bound = tolerance * max(1.0, float(expected.abs().max()))
+    if diff > bound:
+        raise ExportError(f"{what} differs from the eager model by {diff:.3g} (allowed {bound:.3g})")
+    return diff
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    check_images: Sequence[str | Path] = (),
+    tolerance: float = 1e-4,
+) -> ExportResult:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    model, prep, names = model_from_checkpoint(load_checkpoint(checkpoint))
+    inputs, real = _check_inputs(model, prep, check_images)
+    with torch.no_grad():
+        expected = model(inputs)
+    out = Path(out)
+    example = torch.randn(2, model.in_channels, prep.image_size, prep.image_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    if fmt == "onnx":
+        actual = _export_onnx(model, example, batch, out, inputs)
+    elif fmt == "torch-export":
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        atomic_write(out, lambda tmp: torch.export.save(program, tmp))
+        with torch.no_grad():
+            actual = torch.export.load(out).module()(inputs)
+    else:
+        save_safetensors(model, prep, names, out)
+        reloaded, _, _ = load_safetensors(out)
+        with torch.no_grad():
+            actual = reloaded(inputs)
+    diff = _compare(expected, actual, tolerance, f"the {fmt} export")
+    return ExportResult(out, fmt, diff, int(inputs.shape[0]) - real, real)
+
+
+def _export_onnx(model: GoogLeNet, example: Tensor, batch: torch.export.Dim, out: Path, inputs: Tensor) -> Tensor:
+    import onnxruntime
+
+    def write(tmp: str) -> None:
+        # The exporter narrates its passes on stdout; the CLI reports the result itself.
+        with contextlib.redirect_stdout(io.StringIO()):
+            _onnx_export(tmp)
+
+    def _onnx_export(tmp: str) -> None:
+        torch.onnx.export(
+            model,
+            (example,),
+            tmp,
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+
+    atomic_write(out, write)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": inputs.numpy()})
+    return torch.from_numpy(logits)
+
+
+def save_safetensors(model: GoogLeNet, prep: Preprocessing, class_names: list[str], out: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(("aux1.", "aux2."))}
+    metadata = {METADATA_KEY: json.dumps(payload_for_model(model, prep, class_names))}
+    atomic_write(out, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def load_safetensors(path: str | Path) -> tuple[GoogLeNet, Preprocessing, list[str]]:
+    """(model in eval mode, preprocessing, class names) from a safetensors file written by export."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from None
+    if METADATA_KEY not in metadata:
+        raise CheckpointError(f"{path} has no googlenet metadata: it was not written by 'googlenet export'")
+    meta = json.loads(metadata[METADATA_KEY])
+    model = create_model(meta["variant"], num_classes=meta["num_classes"], in_channels=meta["in_channels"], aux=False)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), Preprocessing.from_dict(meta["preprocessing"]), list(meta["class_names"])
