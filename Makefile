@@ -30,7 +30,7 @@ data: setup
 	fi
 	$(BIN)/googlenet data prepare --root $(DATA_ROOT)
 
-# About 10 minutes on 2 CPU cores: train on real Fashion-MNIST, evaluate on the official test set, report.
+# About 13 minutes on 2 CPU cores: train on real Fashion-MNIST, evaluate on the official test set, report.
 demo: data
 	rm -rf $(DEMO_OUT)
 	$(BIN)/googlenet train --config configs/fashion-mnist-demo.toml --out $(DEMO_OUT)

@@ -43,6 +43,7 @@ class ModelConfig:
     in_channels: int = 0  # 0: from the data (1 for Fashion-MNIST, 3 for folders)
     init: str = ""  # fine-tuning: start from this checkpoint's weights; the classifier is reset if classes differ
     freeze_features: bool = False  # fine-tuning: train only the classifier (and auxiliary heads)
+    dropout: float = -1.0  # the main classifier's dropout; negative = the variant's own (0.4 paper, 0.2 torchvision)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     deterministic: bool = False
+    sync_bn: bool = False  # torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass
@@ -111,6 +113,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "data.workers": (0, 64, True),
     "model.aux_weight": (0, 10, True),
     "model.in_channels": (0, 64, True),
+    "model.dropout": (-1, 0.99, True),
     "optim.lr": (0, 1e6, False),
     "optim.momentum": (0, 1, True),
     "optim.weight_decay": (0, 1, True),

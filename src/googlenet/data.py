@@ -221,8 +221,10 @@ class TensorBatches:
         augment: str = "none",
         crop_padding: int = 0,
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.images = images if images.dim() == 4 else images.unsqueeze(1)  # (N, C, H, W)
+        self.rank, self.world_size = shard  # this process takes every world_size-th image of each batch
         self.labels = labels
         self.preprocessing = preprocessing
         self.batch_size = batch_size
@@ -248,7 +250,10 @@ class TensorBatches:
             x = self.images[picked].float().div_(255)  # (B, C, H, W)
             if self.augment != "none":
                 x = self._augment(x, _generator(self.seed, epoch, index))
-            yield self._finish(x), self.labels[picked]
+            # Every process draws the whole batch's augmentation, then keeps its share: together they
+            # see exactly what one process would.
+            own = slice(self.rank, None, self.world_size)
+            yield self._finish(x[own]), self.labels[picked][own]
 
     def _augment(self, x: Tensor, g: torch.Generator) -> Tensor:
         b, _, h, w = x.shape
@@ -279,7 +284,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
 
 
 def _fashion_mnist_bundle(
-    cfg: DataConfig, seed: int, allow_download: bool, norm: tuple[list[float], list[float]] | None = None
+    cfg: DataConfig,
+    seed: int,
+    allow_download: bool,
+    norm: tuple[list[float], list[float]] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataBundle:
     images, labels, classes = load_fashion_mnist(cfg.root, train=True, allow_download=allow_download)
     train_idx, val_idx = split_indices(len(labels), cfg.val_fraction, seed)
@@ -300,6 +309,7 @@ def _fashion_mnist_bundle(
         augment=cfg.augment if cfg.augment in ("none", "flip", "flip-crop") else "flip-crop",
         crop_padding=cfg.crop_padding,
         seed=seed,
+        shard=shard,
     )
     val = TensorBatches(images[val_idx], labels[val_idx], prep, cfg.eval_batch_size) if len(val_idx) else None
     return DataBundle(train, val, classes, prep)
@@ -314,10 +324,13 @@ def fashion_mnist_test(cfg: DataConfig, prep: Preprocessing, allow_download: boo
 
 
 class EpochSampler(Sampler[int]):
-    """Seeded per-epoch order that can start at any batch, so a resumed run sees the same order."""
+    """Seeded per-epoch order that can start at any batch, so a resumed run sees the same order. With
+    several processes, each takes every world_size-th index (what DistributedSampler does), so that its
+    k-th batch holds its share of the k-th global batch."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int, shard: tuple[int, int] = (0, 1)) -> None:
         self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size = shard
         self.epoch, self.start = 0, 0
 
     def set(self, epoch: int, start: int) -> None:
@@ -325,35 +338,43 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.n, generator=_generator(self.seed, self.epoch)) if self.shuffle else range(self.n)
-        return iter([int(i) for i in order][self.start :])
+        return iter([int(i) for i in order][self.rank :: self.world_size][self.start :])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(range(self.rank, self.n, self.world_size)) - self.start
 
 
 class LoaderBatches:
     """A split of an image folder through a DataLoader (workers, pinned memory for CUDA)."""
 
     def __init__(
-        self, dataset: Dataset[Any], batch_size: int, *, shuffle: bool, seed: int, workers: int, pin_memory: bool
+        self,
+        dataset: Dataset[Any],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        workers: int,
+        pin_memory: bool,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.num_samples = len(dataset)  # type: ignore[arg-type]
-        self.batch_size = batch_size
-        self.sampler = EpochSampler(self.num_samples, shuffle, seed)
+        self.batch_size = batch_size  # the global batch; each of world_size processes loads its share
+        self.sampler = EpochSampler(self.num_samples, shuffle, seed, shard)
         self.loader = DataLoader(
             dataset,
-            batch_size=batch_size,
+            batch_size=batch_size // shard[1],
             sampler=self.sampler,
             num_workers=workers,
             pin_memory=pin_memory,
-            persistent_workers=False,
+            persistent_workers=workers > 0,  # no worker start-up cost at every epoch
         )
 
     def __len__(self) -> int:
         return (self.num_samples + self.batch_size - 1) // self.batch_size
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        self.sampler.set(epoch, start_batch * self.batch_size)
+        self.sampler.set(epoch, start_batch * (self.batch_size // self.sampler.world_size))
         yield from self.loader
 
 
@@ -422,7 +443,12 @@ def _image_folder(path: Path, transform: Any, in_channels: int) -> torchvision.d
 
 
 def _folder_bundle(
-    cfg: DataConfig, in_channels: int, seed: int, pin_memory: bool, norm: tuple[list[float], list[float]] | None
+    cfg: DataConfig,
+    in_channels: int,
+    seed: int,
+    pin_memory: bool,
+    norm: tuple[list[float], list[float]] | None,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataBundle:
     root = Path(cfg.root)
     train_dir = root / "train" if (root / "train").is_dir() else root
@@ -446,7 +472,7 @@ def _folder_bundle(
     if cfg.train_subset:
         train_part = Subset(train_part, list(range(min(cfg.train_subset, len(train_part)))))  # type: ignore[arg-type]
     common = {"seed": seed, "workers": cfg.workers, "pin_memory": pin_memory}
-    train = LoaderBatches(train_part, cfg.batch_size, shuffle=True, **common)  # type: ignore[arg-type]
+    train = LoaderBatches(train_part, cfg.batch_size, shuffle=True, shard=shard, **common)  # type: ignore[arg-type]
     val = LoaderBatches(val_part, cfg.eval_batch_size, shuffle=False, **common) if val_part else None  # type: ignore[arg-type]
     return DataBundle(train, val, class_names_for(root, list(train_set.classes)), prep)
 
@@ -465,12 +491,16 @@ def build_data(
     seed: int,
     pin_memory: bool = False,
     norm: tuple[list[float], list[float]] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataBundle:
     """The train and validation splits named by ``cfg``; ``norm`` (mean, std) replaces the data's own
-    normalisation, as when fine-tuning weights trained with another one."""
+    normalisation, as when fine-tuning weights trained with another one; ``shard`` = (rank, world size)
+    gives this process its share of every training batch."""
+    if shard[1] > 1 and cfg.batch_size % shard[1]:
+        raise DataError(f"data.batch_size={cfg.batch_size} must divide evenly among {shard[1]} processes")
     if cfg.dataset == "fashion-mnist":
-        return _fashion_mnist_bundle(cfg, seed, allow_download=True, norm=norm)
-    return _folder_bundle(cfg, in_channels or 3, seed, pin_memory, norm)
+        return _fashion_mnist_bundle(cfg, seed, allow_download=True, norm=norm, shard=shard)
+    return _folder_bundle(cfg, in_channels or 3, seed, pin_memory, norm, shard)
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:

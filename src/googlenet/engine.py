@@ -28,14 +28,27 @@ def to_device(x: Tensor, y: Tensor, device: torch.device, channels_last: bool) -
     return x, y.to(device, non_blocking=True)
 
 
+class TrainForward(nn.Module):
+    """The training forward pass as a module's forward(): what DistributedDataParallel wraps, since DDP
+    synchronises gradients only for calls that go through forward()."""
+
+    def __init__(self, model: GoogLeNet, use_aux: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.use_aux = use_aux and model.has_aux
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        return self.model.forward_train(x) if self.use_aux else (self.model(x), None, None)
+
+
 def training_loss(
-    model: GoogLeNet, x: Tensor, y: Tensor, *, aux_weight: float, label_smoothing: float
+    model: nn.Module, x: Tensor, y: Tensor, *, aux_weight: float, label_smoothing: float
 ) -> tuple[Tensor, Tensor]:
-    """(total loss, main logits): the main loss plus aux_weight x each auxiliary loss, as the paper."""
-    if aux_weight > 0 and model.has_aux:
-        logits, aux1, aux2 = model.forward_train(x)
-    else:
-        logits, aux1, aux2 = model(x), None, None
+    """(total loss, main logits): the main loss plus aux_weight x each auxiliary loss, as the paper.
+    ``model`` is a GoogLeNet or a (possibly DDP-wrapped) TrainForward."""
+    if isinstance(model, GoogLeNet):
+        model = TrainForward(model, use_aux=aux_weight > 0)
+    logits, aux1, aux2 = model(x)
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     for aux in (aux1, aux2):
         if aux is not None:

@@ -7,6 +7,7 @@ of samples per class.
 from __future__ import annotations
 
 import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ class Inspection:
     modes: Counter[str]
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     samples: dict[str, list[Path]] = field(default_factory=dict)
+    decode_seconds: float = 0.0  # total time spent fully decoding the readable images
 
     @property
     def imbalance(self) -> float:
@@ -50,7 +52,9 @@ def inspect_folder(root: str | Path, samples_per_class: int = 6, progress: bool 
             try:
                 with Image.open(path) as image:
                     size, mode = image.size, image.mode
+                tick = time.perf_counter()
                 open_image(path)  # a full decode: truncated files pass a header check
+                result.decode_seconds += time.perf_counter() - tick
             except (OSError, SyntaxError, ValueError, DataError, Image.DecompressionBombError) as error:
                 result.unreadable.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
                 continue
@@ -88,6 +92,12 @@ def format_inspection(result: Inspection) -> str:
             f"height {min(heights)}-{max(heights)} (median {statistics.median(heights):g})"
         )
         lines.append("modes: " + ", ".join(f"{m} {n:,}" for m, n in result.modes.most_common()))
+    if total:
+        per_image = result.decode_seconds / total
+        lines.append(
+            f"decoding: {1000 * per_image:.2f} ms per image on one core ({1 / max(per_image, 1e-9):,.0f} img/s): "
+            "size data.workers so that workers x this rate exceeds the training speed"
+        )
     lines.append(f"unreadable files: {len(result.unreadable)}")
     lines += [f"  {path}: {reason}" for path, reason in result.unreadable]
     return "\n".join(lines)

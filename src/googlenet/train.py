@@ -22,13 +22,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from googlenet.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from googlenet.config import Config, ConfigError, apply_overrides, config_from_dict
 from googlenet.data import DataBundle, Preprocessing, build_data
-from googlenet.engine import EvalResult, autocast, evaluate, to_device, training_loss
+from googlenet.distributed import DistInfo, any_rank, barrier, from_environment, initialise, shutdown
+from googlenet.engine import EvalResult, TrainForward, autocast, evaluate, to_device, training_loss
 from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet, create_model, get_variant
 from googlenet.schedule import lr_factor
@@ -214,18 +216,24 @@ def train(
         apply_overrides(config, resume_overrides or [], allowed=RESUMABLE_KEYS)
     elif last_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    _check_writable(out)
+    info = from_environment()
+    if info.is_main:
+        _check_writable(out)
 
     cfg = config
     torch.manual_seed(cfg.train.seed)
+    # Process-wide settings are restored afterwards: a library call must not change its caller's torch.
+    threads = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(cfg.train.deterministic or was_deterministic)
     try:
-        return _train(cfg, out, last_path, best_path, resumed, progress, log)
+        return _train(cfg, out, last_path, best_path, resumed, progress if info.is_main else False, log, info)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
+        shutdown(info)
 
 
 def _train(
@@ -236,10 +244,18 @@ def _train(
     resumed: dict[str, Any] | None,
     progress: bool,
     log: Log,
+    info: DistInfo,
 ) -> TrainResult:
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        if info.enabled:
+            device = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(device)
+    initialise(info, device.type)
+    main = info.is_main
+    if not main:
+        log = _silent  # one process logs and writes files: rank 0
 
     init = load_checkpoint(cfg.model.init) if cfg.model.init and resumed is None else None
     init_prep = Preprocessing.from_dict(init["preprocessing"]) if init else None
@@ -249,16 +265,31 @@ def _train(
         seed=cfg.train.seed,
         pin_memory=device.type == "cuda",
         norm=(init_prep.mean, init_prep.std) if init_prep else None,
+        shard=(info.rank, info.world_size),
     )
     model = build_model(cfg, len(data.class_names), data.preprocessing.in_channels)
+    if cfg.model.dropout >= 0:
+        model.dropout.p = cfg.model.dropout
     if init is not None:
         log(initialise_from(model, init, cfg.model.init))
     if cfg.model.freeze_features:
         for name, p in model.named_parameters():
             p.requires_grad_(_is_head(name))
+    if info.enabled and cfg.train.sync_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]  # swaps BN children in place
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    use_aux = cfg.model.aux_weight > 0 and model.has_aux
+    forward: nn.Module = TrainForward(model, use_aux)
+    if info.enabled:
+        # Unused auxiliary heads (aux_weight 0) would otherwise stall DDP's gradient reduction.
+        forward = DistributedDataParallel(
+            forward,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.has_aux and not use_aux,
+        )
+        torch.manual_seed(cfg.train.seed + info.rank)  # different dropout masks on each process
     optimizer = torch.optim.SGD(
         _param_groups(model, cfg.optim.weight_decay, cfg.optim.backbone_lr_mult),
         lr=cfg.optim.lr,
@@ -279,19 +310,21 @@ def _train(
     total_steps = cfg.train.epochs * steps_per_epoch
     # Compiling the loss function traces forward_train and both auxiliary heads with it.
     loss_fn: Callable[..., tuple[Tensor, Tensor]] = torch.compile(training_loss) if cfg.train.compile else training_loss
-    writer = _tensorboard(out / "tensorboard")
+    writer = _tensorboard(out / "tensorboard") if main else None
     started = time.monotonic() - state.elapsed
     stopped = "finished"
     log(
         f"training {cfg.model.name} on {cfg.data.dataset} ({data.train.num_samples:,} images, "
         f"{len(data.class_names)} classes, {cfg.data.image_size} px) for {cfg.train.epochs} epochs "
         f"= {total_steps:,} steps on {device.type} ({cfg.train.precision})"
+        + (f", {info.world_size} processes" if info.enabled else "")
     )
 
     def save_position() -> None:
         _check_finite(model, state)
         state.elapsed = time.monotonic() - started
-        save_checkpoint(last_path, _payload(cfg, model, data, ema, state, optimizer=optimizer, weights="model"))
+        if main:
+            save_checkpoint(last_path, _payload(cfg, model, data, ema, state, optimizer=optimizer, weights="model"))
 
     with _StopFlag() as stop:
         while state.epoch < cfg.train.epochs:
@@ -306,21 +339,29 @@ def _train(
                 leave=False,
             )
             stats = _train_steps(
-                cfg, loss_fn, model, optimizer, ema, bar, state, device, total_steps, stop, save_position
+                cfg, loss_fn, forward, model, optimizer, ema, bar, state, device, total_steps, stop, save_position, info
             )
             bar.close()
-            # Why the loop left the epoch early, if it did.
+            # Why the loop left the epoch early, if it did; all processes must agree to stop.
             if stop.reason:
                 stopped = stop.reason
             elif cfg.train.max_steps and state.step >= cfg.train.max_steps:
                 stopped = "max_steps"
             elif cfg.train.max_minutes and time.monotonic() - started > cfg.train.max_minutes * 60:
                 stopped = "max_minutes"
+            if any_rank(stopped != "finished", info) and stopped == "finished":
+                stopped = "stopped by another process"
             state.elapsed = time.monotonic() - started
             if state.batch < steps_per_epoch and stopped != "finished":
                 save_position()
                 log(f"stopped ({stopped}) at step {state.step}; checkpoint {last_path}")
                 break
+            if not main:  # validation, metrics and checkpoints are rank 0's
+                state.epoch, state.batch = state.epoch + 1, 0
+                barrier(info)
+                if stopped != "finished":
+                    break
+                continue
             entry = _end_epoch(cfg, model, ema, data, state, stats, device, time.monotonic() - epoch_start, started)
             state.epoch, state.batch = state.epoch + 1, 0
             log(_epoch_line(entry))
@@ -339,6 +380,7 @@ def _train(
             save_checkpoint(last_path, payload)
             if improved:
                 save_checkpoint(best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "rng")})
+            barrier(info)
             if stopped != "finished":
                 log(f"stopped ({stopped}) after epoch {state.epoch}; checkpoint {last_path}")
                 break
@@ -350,6 +392,7 @@ def _train(
 def _train_steps(
     cfg: Config,
     loss_fn: Callable[..., tuple[Tensor, Tensor]],
+    forward: nn.Module,
     model: GoogLeNet,
     optimizer: torch.optim.Optimizer,
     ema: AveragedModel | None,
@@ -359,6 +402,7 @@ def _train_steps(
     total_steps: int,
     stop: _StopFlag,
     save_position: Callable[[], None],
+    info: DistInfo,
 ) -> dict[str, float]:
     """Optimizer steps over one epoch's batches, until the epoch ends or a stop condition holds."""
     steps_per_epoch = total_steps // cfg.train.epochs
@@ -379,7 +423,7 @@ def _train_steps(
             group["lr"] = lr * group["lr_mult"]
         with autocast(device, cfg.train.precision):
             loss, logits = loss_fn(
-                model, x, y, aux_weight=cfg.model.aux_weight, label_smoothing=cfg.optim.label_smoothing
+                forward, x, y, aux_weight=cfg.model.aux_weight, label_smoothing=cfg.optim.label_smoothing
             )
         if not math.isfinite(loss.item()):
             raise TrainingDiverged(
@@ -403,7 +447,7 @@ def _train_steps(
         if hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{seen / images_time:.0f}", lr=f"{lr:.3g}")  # fmt: skip
-        if stop.reason or _out_of_budget(cfg, state, run_started, budget):
+        if any_rank(stop.reason is not None or _out_of_budget(cfg, state, run_started, budget), info):
             break
         if cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
             save_position()
@@ -413,6 +457,10 @@ def _train_steps(
         "img_per_s": seen / max(images_time, 1e-9),
         "lr": cfg.optim.lr * lr_factor(max(state.step - 1, 0), total_steps, steps_per_epoch, cfg.schedule),
     }
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _check_finite(model: nn.Module, state: _State) -> None:

@@ -1,0 +1,92 @@
+"""torchrun + DistributedDataParallel: two gloo processes on CPU take the same steps as one process on the
+same global batch."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from googlenet.checkpoint import load_checkpoint
+from googlenet.config import load_config
+from googlenet.train import train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
+
+
+def settings(root: Path) -> list[str]:
+    # The paper variant has no BatchNorm (whose statistics would be per process without SyncBatchNorm,
+    # which needs GPUs); dropout 0 and no auxiliary loss make one step a deterministic function of the batch.
+    return [
+        f'data.root="{root}"',
+        "data.train_subset=64",
+        "data.val_fraction=0.005",
+        "data.batch_size=16",
+        "data.eval_batch_size=300",
+        "data.image_size=48",
+        "model.name=paper",
+        "model.aux=false",
+        "model.dropout=0",
+        "train.epochs=1",
+        "train.precision=fp32",
+        "train.channels_last=false",
+        "train.ema_decay=0",
+        "train.threads=1",
+        "optim.lr=0.01",
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_processes_match_one_on_the_same_global_batch(fashion_root: Path, tmp_path: Path) -> None:
+    single = train(load_config(CONFIG, settings(fashion_root)), tmp_path / "one", log=lambda _: None)
+    assert single.step == 4
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "googlenet.cli", "train", "--config", str(CONFIG), "--out", str(tmp_path / "two"), "--no-progress",
+    ]  # fmt: skip
+    for item in settings(fashion_root):
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "2 processes" in result.stdout
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
+    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")
+    assert two["position"] == one["position"] == {"epoch": 1, "batch": 0, "step": 4}
+    initial = load_config(CONFIG, settings(fashion_root))
+    torch.manual_seed(initial.train.seed)
+    from googlenet.train import build_model
+
+    start = build_model(initial, 10, 1).state_dict()
+    for name, tensor in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(one["state_dict"]["fc.weight"], start["fc.weight"])  # the steps did change weights
+    assert one["history"][0]["val_top1"] == pytest.approx(two["history"][0]["val_top1"], abs=1e-3)
+
+
+def test_batch_must_divide_among_processes(fashion_root: Path) -> None:
+    from googlenet.data import DataError, build_data
+
+    config = load_config(CONFIG, settings(fashion_root))
+    config.data.batch_size = 15
+    with pytest.raises(DataError, match="must divide evenly among 2 processes"):
+        build_data(config.data, in_channels=0, seed=0, shard=(0, 2))
+
+
+def test_shards_partition_each_global_batch(fashion_root: Path) -> None:
+    from googlenet.data import build_data
+
+    config = load_config(CONFIG, settings(fashion_root))
+    whole = list(build_data(config.data, in_channels=0, seed=0).train.epoch(0))
+    parts = [list(build_data(config.data, in_channels=0, seed=0, shard=(r, 2)).train.epoch(0)) for r in (0, 1)]
+    for k, (x, y) in enumerate(whole):
+        (x0, y0), (x1, y1) = parts[0][k], parts[1][k]
+        assert torch.equal(torch.sort(torch.cat([y0, y1])).values, torch.sort(y).values)
+        assert torch.equal(x0, x[0::2]) and torch.equal(x1, x[1::2])
