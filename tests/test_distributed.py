@@ -90,3 +90,27 @@ def test_shards_partition_each_global_batch(fashion_root: Path) -> None:
         (x0, y0), (x1, y1) = parts[0][k], parts[1][k]
         assert torch.equal(torch.sort(torch.cat([y0, y1])).values, torch.sort(y).values)
         assert torch.equal(x0, x[0::2]) and torch.equal(x1, x[1::2])
+
+
+def test_gradient_accumulation_matches_one_large_batch(fashion_root: Path, tmp_path: Path) -> None:
+    # Augmentation draws are made per batch, so they differ between 8- and 16-image batches: compare without.
+    plain = [*settings(fashion_root), "data.augment=none"]
+    large = train(load_config(CONFIG, plain), tmp_path / "large", log=lambda _: None)
+    small = train(
+        load_config(CONFIG, [*plain, "data.batch_size=8", "train.global_batch=16"]),
+        tmp_path / "accumulated",
+        log=lambda _: None,
+    )
+    assert large.step == small.step == 4  # 64 images, 16 per optimizer step
+    a = load_checkpoint(tmp_path / "large" / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "accumulated" / "checkpoints" / "last.pt")["state_dict"]
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_global_batch_must_be_a_multiple(fashion_root: Path, tmp_path: Path) -> None:
+    from googlenet.config import ConfigError
+
+    config = load_config(CONFIG, [*settings(fashion_root), "train.global_batch=20"])
+    with pytest.raises(ConfigError, match=r"must be a multiple of data\.batch_size=16"):
+        train(config, tmp_path, log=lambda _: None)

@@ -80,6 +80,9 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     deterministic: bool = False
+    global_batch: int = (
+        0  # images per optimizer step, a multiple of data.batch_size (gradient accumulation); 0 = one batch
+    )
     sync_bn: bool = False  # torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
@@ -131,6 +134,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "train.seed": (0, 2**63, True),
     "train.ema_decay": (0, 1, True),
     "train.threads": (0, 1024, True),
+    "train.global_batch": (0, 2**31, True),
 }
 
 

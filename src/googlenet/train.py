@@ -306,7 +306,13 @@ def _train(
         state = _restore(resumed, model, optimizer, ema)
         log(f"resuming {last_path} at epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
 
-    steps_per_epoch = len(data.train)
+    if cfg.train.global_batch % cfg.data.batch_size:
+        raise ConfigError(
+            f"train.global_batch={cfg.train.global_batch} must be a multiple of data.batch_size={cfg.data.batch_size}"
+        )
+    accumulate = max(cfg.train.global_batch // cfg.data.batch_size, 1)
+    batches_per_epoch = len(data.train)
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
     total_steps = cfg.train.epochs * steps_per_epoch
     # Compiling the loss function traces forward_train and both auxiliary heads with it.
     loss_fn: Callable[..., tuple[Tensor, Tensor]] = torch.compile(training_loss) if cfg.train.compile else training_loss
@@ -331,7 +337,7 @@ def _train(
             epoch_start = time.monotonic()
             bar = tqdm(
                 data.train.epoch(state.epoch, state.batch),
-                total=steps_per_epoch,
+                total=batches_per_epoch,
                 initial=state.batch,
                 desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
                 disable=not progress,
@@ -339,7 +345,19 @@ def _train(
                 leave=False,
             )
             stats = _train_steps(
-                cfg, loss_fn, forward, model, optimizer, ema, bar, state, device, total_steps, stop, save_position, info
+                cfg,
+                loss_fn,
+                forward,
+                model,
+                optimizer,
+                ema,
+                bar,
+                state,
+                device,
+                (total_steps, batches_per_epoch, accumulate),
+                stop,
+                save_position,
+                info,
             )
             bar.close()
             # Why the loop left the epoch early, if it did; all processes must agree to stop.
@@ -352,7 +370,7 @@ def _train(
             if any_rank(stopped != "finished", info) and stopped == "finished":
                 stopped = "stopped by another process"
             state.elapsed = time.monotonic() - started
-            if state.batch < steps_per_epoch and stopped != "finished":
+            if state.batch < batches_per_epoch and stopped != "finished":
                 save_position()
                 log(f"stopped ({stopped}) at step {state.step}; checkpoint {last_path}")
                 break
@@ -399,12 +417,14 @@ def _train_steps(
     batches: Iterator[tuple[Tensor, Tensor]],
     state: _State,
     device: torch.device,
-    total_steps: int,
+    counts: tuple[int, int, int],
     stop: _StopFlag,
     save_position: Callable[[], None],
     info: DistInfo,
 ) -> dict[str, float]:
-    """Optimizer steps over one epoch's batches, until the epoch ends or a stop condition holds."""
+    """Optimizer steps over one epoch's batches, until the epoch ends or a stop condition holds. With
+    gradient accumulation, ``accumulate`` batches make one step; runs stop and save only between steps."""
+    total_steps, batches_per_epoch, accumulate = counts
     steps_per_epoch = total_steps // cfg.train.epochs
     model.train()
     if cfg.model.freeze_features:
@@ -418,32 +438,41 @@ def _train_steps(
     for x, y in batches:
         tick = time.monotonic()
         x, y = to_device(x, y, device, cfg.train.channels_last)
+        group_start = state.batch - state.batch % accumulate
+        group_size = min(accumulate, batches_per_epoch - group_start)  # the epoch's last group may be short
+        first, last = state.batch == group_start, state.batch + 1 == group_start + group_size
         lr = cfg.optim.lr * lr_factor(state.step, total_steps, steps_per_epoch, cfg.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        with autocast(device, cfg.train.precision):
-            loss, logits = loss_fn(
-                forward, x, y, aux_weight=cfg.model.aux_weight, label_smoothing=cfg.optim.label_smoothing
-            )
-        if not math.isfinite(loss.item()):
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} at step {state.step} (lr {lr:.4g}); the last good checkpoint is "
-                "kept: lower optim.lr or set optim.grad_clip"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        state.step += 1
+        # DDP averages gradients only on the group's last backward; the others accumulate locally.
+        no_sync = forward.no_sync() if isinstance(forward, DistributedDataParallel) and not last else None
+        with no_sync or contextlib.nullcontext():
+            with autocast(device, cfg.train.precision):
+                loss, logits = loss_fn(
+                    forward, x, y, aux_weight=cfg.model.aux_weight, label_smoothing=cfg.optim.label_smoothing
+                )
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at step {state.step} (lr {lr:.4g}); the last good checkpoint "
+                    "is kept: lower optim.lr or set optim.grad_clip"
+                )
+            if first:
+                optimizer.zero_grad(set_to_none=True)
+            (loss / group_size).backward()  # type: ignore[no-untyped-call]
         state.batch += 1
         batch = int(y.numel())
         loss_sum += loss.item() * batch
         correct += int((logits.argmax(1) == y).sum())
         seen += batch
         images_time += time.monotonic() - tick
+        if not last:
+            continue
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        state.step += 1
         if hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{seen / images_time:.0f}", lr=f"{lr:.3g}")  # fmt: skip
