@@ -44,6 +44,10 @@ def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, t
     _save(fig, path)
 
 
+# The training loss includes 0.3 x each auxiliary loss and label smoothing, so it sits above the validation loss.
+LABELS = {"train_loss": "train loss (with aux, smoothed)", "train_top1": "train top-1 (augmented)"}
+
+
 def curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
     """Loss, accuracy and learning rate against epoch, from metrics.jsonl entries."""
     epochs = [h["epoch"] for h in history]
@@ -57,7 +61,7 @@ def curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> N
         for key in keys:
             values = [h.get(key) for h in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="o", label=key.replace("_", " "))
+                ax.plot(epochs, values, marker="o", label=LABELS.get(key, key.replace("_", " ")))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
