@@ -38,8 +38,8 @@ demo: data
 	$(BIN)/googlenet report $(DEMO_OUT)
 
 lint: setup
-	$(BIN)/ruff check src tests hubconf.py
-	$(BIN)/ruff format --check src tests hubconf.py
+	$(BIN)/ruff check src tests bench hubconf.py
+	$(BIN)/ruff format --check src tests bench hubconf.py
 
 typecheck: setup
 	$(BIN)/mypy

@@ -13,6 +13,7 @@ from googlenet.checkpoint import atomic_write, load_checkpoint, model_from_check
 from googlenet.config import config_from_dict
 from googlenet.data import eval_split
 from googlenet.engine import EvalResult, evaluate
+from googlenet.optimize import optimize_for_inference
 from googlenet.plots import confusion_png
 
 
@@ -57,6 +58,7 @@ def evaluate_checkpoint(
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint)
     model, prep, class_names = model_from_checkpoint(payload)
+    model = optimize_for_inference(model)
     config = config_from_dict(payload["config"])
     if data_root:
         config.data.root = data_root

@@ -19,6 +19,7 @@ from googlenet.data import Preprocessing, collect_images
 from googlenet.errors import GoogLeNetError
 from googlenet.interop import payload_for_model
 from googlenet.model import GoogLeNet, create_model
+from googlenet.optimize import optimize_for_inference
 
 FORMATS = ("onnx", "torch-export", "safetensors")
 METADATA_KEY = "googlenet"
@@ -68,7 +69,9 @@ def export_checkpoint(
     model, prep, names = model_from_checkpoint(load_checkpoint(checkpoint))
     inputs, real = _check_inputs(model, prep, check_images)
     with torch.no_grad():
-        expected = model(inputs)
+        expected = model(inputs)  # the plain eval-mode model is the reference for every format
+    if fmt != "safetensors":  # graphs carry the inference path; safetensors keeps the trainable layout
+        model = optimize_for_inference(model, channels_last=False)
     out = Path(out)
     example = torch.randn(2, model.in_channels, prep.image_size, prep.image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)

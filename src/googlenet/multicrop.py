@@ -22,6 +22,7 @@ from googlenet.crops import crop_plan, render
 from googlenet.data import DataError, Preprocessing, class_names_for, open_image
 from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet
+from googlenet.optimize import optimize_for_inference
 
 # The paper's Table 3 (top-5 error on ILSVRC 2012 validation), quoted beside ours.
 PAPER_TABLE3 = {(1, 1): 10.07, (1, 10): 9.15, (1, 144): 7.89, (7, 1): 8.09, (7, 10): 7.62, (7, 144): 6.67}
@@ -79,6 +80,7 @@ def ensemble_table(
     """Top-1/top-5 error for the first model alone and for all models together, at each crop count, over
     the image folder ``root`` (one sub-folder per class, named as the checkpoints' classes)."""
     loaded = [model_from_checkpoint(load_checkpoint(c)) for c in checkpoints]
+    loaded = [(optimize_for_inference(m), p, n) for m, p, n in loaded]
     _check_compatible(loaded)
     samples, folder_classes = _samples(Path(root))
     names = loaded[0][2]

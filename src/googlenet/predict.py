@@ -13,6 +13,7 @@ import torch
 
 from googlenet.checkpoint import load_checkpoint, model_from_checkpoint
 from googlenet.data import collect_images
+from googlenet.optimize import optimize_for_inference
 
 
 @dataclass
@@ -28,6 +29,7 @@ def predict_paths(
     """Images and folders -> top-k classes with softmax probabilities, in the order the files were found."""
     payload = load_checkpoint(checkpoint)
     model, prep, class_names = model_from_checkpoint(payload)
+    model = optimize_for_inference(model)
     files = collect_images(paths)
     k = min(top_k, len(class_names))
     predictions: list[Prediction] = []
