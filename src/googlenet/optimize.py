@@ -46,7 +46,10 @@ class MergedInception(nn.Module):
             cast(ConvBlock, module.branch2[0]).conv,
             cast(ConvBlock, module.branch3[0]).conv,
         ]
-        if any(not isinstance(cast(ConvBlock, b).bn, nn.Identity) for b in (module.branch1, module.branch2[0], module.branch3[0])):
+        if any(
+            not isinstance(cast(ConvBlock, b).bn, nn.Identity)
+            for b in (module.branch1, module.branch2[0], module.branch3[0])
+        ):
             raise ValueError("fold BatchNorm before merging the 1x1 convolutions")
         self.splits = [c.out_channels for c in first]
         self.reduce = nn.Conv2d(first[0].in_channels, sum(self.splits), 1, bias=True)
