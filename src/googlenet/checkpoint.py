@@ -80,25 +80,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def preferred_state(payload: dict[str, Any], use_ema: bool | None = None) -> dict[str, Any]:
+    """The weights to use: the EMA ones when asked (``use_ema`` None: when the run found them better on
+    validation, its "weights" entry) and present, else the trained model's."""
+    if use_ema is None:
+        use_ema = payload.get("weights") == "ema"
+    ema_state = payload.get("ema_state_dict")
+    state: dict[str, Any] = ema_state if use_ema and ema_state else payload["state_dict"]
+    return state
+
+
 def model_from_checkpoint(
     payload: dict[str, Any], *, use_ema: bool | None = None, aux: bool = False
 ) -> tuple[GoogLeNet, Preprocessing, list[str]]:
     """Rebuild (model in eval mode, preprocessing, class names). ``use_ema`` None takes the weights the
     run found better on validation (its "weights" entry); auxiliary heads are dropped unless ``aux``."""
-    if use_ema is None:
-        use_ema = payload.get("weights") == "ema"
     spec = payload["model"]
     name = spec.get("name")
     if name not in list_models():
         raise CheckpointError(f"checkpoint names an unknown model {name!r}")
-    model = create_model(name, num_classes=int(spec["num_classes"]), in_channels=int(spec["in_channels"]), aux=True)
-    ema_state = payload.get("ema_state_dict")
-    state: dict[str, Any] = ema_state if use_ema and ema_state else payload["state_dict"]
+    state = preferred_state(payload, use_ema)
     has_aux = any(k.startswith("aux1.") for k in state)
-    if not has_aux:
-        model = create_model(
-            name, num_classes=int(spec["num_classes"]), in_channels=int(spec["in_channels"]), aux=False
-        )
+    model = create_model(name, num_classes=int(spec["num_classes"]), in_channels=int(spec["in_channels"]), aux=has_aux)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from googlenet.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from googlenet.checkpoint import atomic_write, load_checkpoint, preferred_state, save_checkpoint
 from googlenet.config import Config, ConfigError, apply_overrides, config_from_dict
 from googlenet.data import DataBundle, Preprocessing, build_data
 from googlenet.distributed import DistInfo, any_rank, barrier, from_environment, initialise, shutdown
@@ -113,8 +113,7 @@ def initialise_from(model: GoogLeNet, payload: dict[str, Any], source: str) -> s
     (fc, the auxiliary fc2) keep their fresh initialisation; every other tensor must fit."""
     if payload["model"]["name"] != model.variant:
         raise ConfigError(f"model.init {source} holds a {payload['model']['name']} model, not {model.variant}")
-    use_ema = payload.get("weights") == "ema" and payload.get("ema_state_dict")
-    state = payload["ema_state_dict"] if use_ema else payload["state_dict"]
+    state = preferred_state(payload)
     own = model.state_dict()
     loaded = {}
     for key, tensor in state.items():
