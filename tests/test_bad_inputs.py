@@ -187,6 +187,17 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "report-not-a-run": (lambda t, c: ["report", str(_mkdir(t / "norun"))], r"has no metrics\.jsonl"),
     "predict-top-k-zero": (lambda t, c: ["predict", str(c), str(t), "--top-k", "0"], r"at least 1"),
     "unknown-model-summary": (lambda t, c: ["summary", "--model", "alexnet"], r"unknown model 'alexnet'"),
+    "predict-onnxruntime-bf16": (
+        lambda t, c: ["predict", str(c), str(t), "--backend", "onnxruntime", "--precision", "bf16"],
+        r"onnxruntime cannot run bf16; use --backend torch or openvino",
+    ),
+    "predict-int8": (lambda t, c: ["predict", str(c), str(t), "--precision", "int8"], r"invalid choice: 'int8'"),
+    "evaluate-torch-int8": (
+        lambda t, c: ["evaluate", str(c), "--backend", "torch", "--precision", "int8"],
+        r"torch cannot run int8; use --backend openvino",
+    ),
+    "benchmark-unknown-section": (lambda t, c: ["benchmark", "--sections", "speed"], r"--sections takes"),
+    "benchmark-size-below-minimum": (lambda t, c: ["benchmark", "--size", "20"], r"below .* 47 px"),
 }
 
 

@@ -1,11 +1,14 @@
 """The inference path equals the plain eval-mode model for every variant."""
 
+import copy
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 from googlenet import create_model
-from googlenet.model import VARIANTS
+from googlenet.model import VARIANTS, Inception
 from googlenet.optimize import MergedInception, optimize_for_inference
 
 
@@ -39,3 +42,54 @@ def test_optimized_model_equals_the_plain_one(name: str) -> None:
     # bf16 keeps the decision: the same top class for (nearly) every input, and close logits.
     assert (low.argmax(1) == expected.argmax(1)).float().mean() >= 2 / 3
     assert float((low - expected).abs().max()) < 0.1 * float(expected.abs().max()) + 0.05
+
+
+def test_merged_1x1_training_step_equals_the_separate_layers() -> None:
+    """Training runs the three input-side 1x1 convs of each Inception as one; outputs, gradients and
+    BatchNorm running statistics must be those of the separate layers."""
+    torch.manual_seed(0)
+    merged = create_model("small", num_classes=10, in_channels=1)
+    randomise_batchnorm(merged)
+    separate = copy.deepcopy(merged)
+    for m in separate.modules():
+        if isinstance(m, Inception):
+            m.merge_1x1_in_training = False
+    calls = []
+    for m in merged.modules():
+        if isinstance(m, Inception):
+            m._forward_merged = functools.partial(_counting, m._forward_merged, calls)  # type: ignore[method-assign]
+    # float64: the two paths sum in different orders, and float32 rounding grows through 20 BatchNorm backwards
+    merged.double()
+    separate.double()
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    outputs = []
+    for model in (merged, separate):
+        model.train()
+        torch.manual_seed(1)  # the same dropout masks in both
+        logits, aux1, aux2 = model.forward_train(x)
+        loss = logits.square().mean() + aux1.square().mean() + aux2.square().mean()
+        loss.backward()
+        outputs.append(logits)
+    assert len(calls) == 9  # every module took the merged path
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-12)
+    grads = dict(separate.named_parameters())
+    for name, p in merged.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-9, atol=1e-12, msg=name)
+    buffers = dict(separate.named_buffers())
+    for name, b in merged.named_buffers():
+        torch.testing.assert_close(b, buffers[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def _counting(forward, calls, x):  # type: ignore[no-untyped-def]
+    calls.append(1)
+    return forward(x)
+
+
+def test_merged_path_is_skipped_where_it_would_differ() -> None:
+    model = create_model("small", num_classes=10, in_channels=1).train()
+    module = next(m for m in model.modules() if isinstance(m, Inception))
+    assert module._mergeable()
+    module.branch1.bn.eval()  # frozen BatchNorm (fine-tuning with --freeze-features)
+    assert not module._mergeable()
+    paper = create_model("paper").train()  # no BatchNorm at all
+    assert not any(m._mergeable() for m in paper.modules() if isinstance(m, Inception))

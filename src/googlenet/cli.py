@@ -44,6 +44,26 @@ def _model_spec(args: argparse.Namespace) -> tuple[str, int]:
     return spec.name, args.in_channels or spec.default_in_channels
 
 
+def _engine_arguments(parser: argparse.ArgumentParser, *, int8: bool) -> None:
+    from googlenet.backends import BACKENDS
+
+    parser.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help="inference engine; auto measures the installed ones on large jobs and takes the fastest (default)",
+    )
+    precisions = ("fp32", "bf16", "int8") if int8 else ("fp32", "bf16")
+    parser.add_argument(
+        "--precision",
+        choices=precisions,
+        default="fp32",
+        help="fp32 (answers as the plain model), bf16"
+        + (", or int8 (calibrated on 512 training images; OpenVINO)" if int8 else "")
+        + " (default: fp32)",
+    )
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import torch
 
@@ -133,6 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         json_path=args.json,
         progress=_progress_wanted(args),
+        backend=args.backend,
+        precision=args.precision,
     )
     print(format_result(report))
     return 0
@@ -146,6 +168,39 @@ def _evaluate_multicrop(args: argparse.Namespace) -> int:
     root = Path(args.data_root) / args.split if args.data_root else default_root(args.checkpoint[0], args.split)
     rows, images = ensemble_table(args.checkpoint, root, sorted({1, args.crops}), progress=_progress_wanted(args))
     print(format_table(rows, images))
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from googlenet.benchmark import SECTIONS, BenchmarkOptions, format_report, run_benchmark
+    from googlenet.checkpoint import atomic_write
+
+    sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise UsageError(f"--sections takes a comma-separated list of {', '.join(SECTIONS)}; got {args.sections!r}")
+    options = BenchmarkOptions(
+        batch=args.batch,
+        size=args.size,
+        train_batch=args.train_batch,
+        fashion_batch=args.fashion_batch,
+        rounds=args.rounds,
+        roof_size=args.roof_size,
+        sections=sections,
+        compile=args.compile,
+        engines=tuple(args.engines or ()),
+        device=args.device,
+    )
+    if args.size < 47:
+        raise UsageError(f"--size {args.size} is below the torchvision graph's smallest input, 47 px")
+    report = run_benchmark(options, progress=_progress_wanted(args), log=lambda m: print(m, file=sys.stderr))
+    print(format_report(report))
+    if args.json:
+        text = json.dumps(report.as_dict(), indent=2)
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        print(f"\nwrote {args.json}")
     return 0
 
 
@@ -165,7 +220,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from googlenet.predict import format_predictions, predict_paths
 
-    predictions = predict_paths(args.checkpoint, args.paths, top_k=args.top_k)
+    predictions = predict_paths(
+        args.checkpoint, args.paths, top_k=args.top_k, backend=args.backend, precision=args.precision
+    )
     print(format_predictions(predictions, args.format))
     return 0
 
@@ -246,15 +303,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run folder)")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _engine_arguments(evaluate, int8=True)
 
     predict = command("predict", cmd_predict, "top-k classes for images or folders of images")
     predict.add_argument("checkpoint", help="a checkpoint written by 'googlenet train'")
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--top-k", type=_positive_int, default=3)
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    _engine_arguments(predict, int8=False)
 
     report = command("report", cmd_report, "a markdown report with curves and confusion matrix for a run folder")
     report.add_argument("run", help="a folder written by 'googlenet train --out'")
+
+    bench = command("benchmark", cmd_benchmark, "speed against torchvision, ONNX Runtime and OpenVINO, one run")
+    bench.add_argument("--batch", type=_positive_int, default=32, help="inference batch (default: 32)")
+    bench.add_argument("--size", type=_positive_int, default=224, help="image size for the 224 px sections")
+    bench.add_argument("--train-batch", type=_positive_int, default=32, help="training batch at --size")
+    bench.add_argument("--fashion-batch", type=_positive_int, default=128, help="batch of the Fashion-MNIST section")
+    bench.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds; medians are reported")
+    bench.add_argument("--roof-size", type=_positive_int, default=4096, help="n of the n^3 matmul roof")
+    bench.add_argument("--sections", default="inference,training,fashion", help="comma-separated sections to run")
+    bench.add_argument("--engines", nargs="*", choices=("onnxruntime", "openvino"), help="limit the external engines")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the PyTorch cases run")
+    bench.add_argument("--compile", action="store_true", help="add torch.compile as a case (compiles ~20 s)")
+    bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     importer = command("import-torchvision", cmd_import_torchvision, "make a checkpoint of torchvision's weights")
     importer.add_argument("weights", nargs="?", help="googlenet-1378be20.pth (default: torch's hub cache)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -71,13 +71,18 @@ class EvalResult:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module,
+    model: nn.Module | Callable[[Tensor], Tensor],
     batches: Iterator[tuple[Tensor, Tensor]],
     device: torch.device,
     precision: str,
     channels_last: bool,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (float32 logits on CPU, labels) batch by batch, with the model in eval mode."""
+    """Yield (float32 logits on CPU, labels) batch by batch. A module runs in eval mode under ``precision``;
+    any other callable (an inference engine) is given the batch as it is."""
+    if not isinstance(model, nn.Module):
+        for x, y in batches:
+            yield model(x).float().cpu(), y
+        return
     was_training = model.training
     model.eval()
     try:
@@ -91,7 +96,7 @@ def predict_logits(
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable[[Tensor], Tensor],
     batches: Batches,
     num_classes: int,
     *,

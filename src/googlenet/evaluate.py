@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
 from tqdm import tqdm
 
+from googlenet.backends import check_choice, select_engine
 from googlenet.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
 from googlenet.config import config_from_dict
 from googlenet.data import eval_split
 from googlenet.engine import EvalResult, evaluate
-from googlenet.optimize import optimize_for_inference
 from googlenet.plots import confusion_png
 
 
@@ -26,12 +28,14 @@ class EvalReport:
     result: EvalResult
     json_path: Path
     confusion_path: Path
+    engine: str = "torch fp32"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "checkpoint": str(self.checkpoint),
             "split": self.split,
             "weights": self.weights,
+            "engine": self.engine,
             "num_samples": self.result.num_samples,
             "top1": self.result.top1,
             "top5": self.result.top5,
@@ -39,6 +43,9 @@ class EvalReport:
             "per_class": dict(zip(self.class_names, self.result.per_class, strict=True)),
             "confusion": self.result.confusion.tolist(),
         }
+
+
+CALIBRATION_IMAGES = 512  # int8 ranges: a few hundred images settle them; more only costs time
 
 
 def run_folder(checkpoint: Path) -> Path:
@@ -54,20 +61,39 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     json_path: str | Path | None = None,
     progress: bool = False,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> EvalReport:
+    """Metrics of ``checkpoint`` on ``split``, run by ``backend`` (a name, or "auto" to measure) at
+    ``precision``; int8 is calibrated on the first CALIBRATION_IMAGES training images."""
+    check_choice(backend, precision)
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint)
     model, prep, class_names = model_from_checkpoint(payload)
-    model = optimize_for_inference(model)
     config = config_from_dict(payload["config"])
     if data_root:
         config.data.root = data_root
     batches = eval_split(config.data, prep, split, config.train.seed)
 
+    def calibration() -> list[Tensor]:
+        train = eval_split(config.data, prep, "train", config.train.seed)
+        per_batch = -(-train.num_samples // max(1, len(train)))
+        return list(itertools.islice((x for x, _ in train.epoch(0)), -(-CALIBRATION_IMAGES // per_batch)))
+
+    engine, how = select_engine(
+        model,
+        backend,
+        precision,
+        image_size=prep.image_size,
+        probe=lambda: next(iter(batches.epoch(0)))[0],
+        workload=batches.num_samples,
+        calibration=calibration,
+    )
+
     def bar(stream: Any, total: int) -> Any:
         return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
 
-    result = evaluate(model, batches, len(class_names), progress=bar)
+    result = evaluate(engine, batches, len(class_names), progress=bar)
     out = Path(out_dir) if out_dir else run_folder(checkpoint)
     report = EvalReport(
         checkpoint=checkpoint,
@@ -77,6 +103,7 @@ def evaluate_checkpoint(
         result=result,
         json_path=out / f"eval_{split}.json",
         confusion_path=out / f"confusion_{split}.png",
+        engine=how,
     )
     text = json.dumps(report.as_dict(), indent=2)
     for path in {report.json_path, *([Path(json_path)] if json_path else [])}:
@@ -91,6 +118,7 @@ def format_result(report: EvalReport) -> str:
     width = max(len(n) for n in report.class_names)
     lines = [
         f"{report.checkpoint} on {report.split} ({r.num_samples:,} images, {report.weights} weights)",
+        f"engine: {report.engine}",
         f"top-1 {r.top1:.4f}   top-5 {r.top5:.4f}   loss {r.loss:.4f}",
         "",
         "per-class accuracy:",

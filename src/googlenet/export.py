@@ -74,10 +74,10 @@ def export_checkpoint(
         model = optimize_for_inference(model, channels_last=False)
     out = Path(out)
     example = torch.randn(2, model.in_channels, prep.image_size, prep.image_size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
     if fmt == "onnx":
-        actual = _export_onnx(model, example, batch, out, inputs)
+        actual = _export_onnx(model, example, out, inputs)
     elif fmt == "torch-export":
+        batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         atomic_write(out, lambda tmp: torch.export.save(program, tmp))
         with torch.no_grad():
@@ -91,27 +91,31 @@ def export_checkpoint(
     return ExportResult(out, fmt, diff, int(inputs.shape[0]) - real, real)
 
 
-def _export_onnx(model: GoogLeNet, example: Tensor, batch: torch.export.Dim, out: Path, inputs: Tensor) -> Tensor:
-    import onnxruntime
+def write_onnx(model: torch.nn.Module, example: Tensor, out: str | Path) -> None:
+    """Write ``model`` as ONNX (dynamo exporter) with a dynamic batch axis, atomically."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
 
     def write(tmp: str) -> None:
-        # The exporter narrates its passes on stdout; the CLI reports the result itself.
+        # The exporter narrates its passes on stdout; callers report the result themselves.
         with contextlib.redirect_stdout(io.StringIO()):
-            _onnx_export(tmp)
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                dynamo=True,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
 
-    def _onnx_export(tmp: str) -> None:
-        torch.onnx.export(
-            model,
-            (example,),
-            tmp,
-            dynamo=True,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_shapes=({0: batch},),
-            verbose=False,
-        )
+    atomic_write(Path(out), write)
 
-    atomic_write(out, write)
+
+def _export_onnx(model: GoogLeNet, example: Tensor, out: Path, inputs: Tensor) -> Tensor:
+    import onnxruntime
+
+    write_onnx(model, example, out)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"images": inputs.numpy()})
     return torch.from_numpy(logits)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from googlenet.backends import check_choice, select_engine
 from googlenet.checkpoint import load_checkpoint, model_from_checkpoint
 from googlenet.data import collect_images
-from googlenet.optimize import optimize_for_inference
 
 
 @dataclass
@@ -24,13 +24,28 @@ class Prediction:
 
 @torch.no_grad()
 def predict_paths(
-    checkpoint: str | Path, paths: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 64
+    checkpoint: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    batch_size: int = 64,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> list[Prediction]:
-    """Images and folders -> top-k classes with softmax probabilities, in the order the files were found."""
+    """Images and folders -> top-k classes with softmax probabilities, in the order the files were found,
+    run by ``backend`` (a name, or "auto" to measure when there are enough images) at ``precision``."""
+    check_choice(backend, precision)
     payload = load_checkpoint(checkpoint)
-    model, prep, class_names = model_from_checkpoint(payload)
-    model = optimize_for_inference(model)
+    plain, prep, class_names = model_from_checkpoint(payload)
     files = collect_images(paths)
+    model, _ = select_engine(
+        plain,
+        backend,
+        precision,
+        image_size=prep.image_size,
+        probe=lambda: torch.stack([prep.load_image(f) for f in files[:batch_size]]),
+        workload=len(files),
+    )
     k = min(top_k, len(class_names))
     predictions: list[Prediction] = []
     for start in range(0, len(files), batch_size):

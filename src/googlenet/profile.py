@@ -77,3 +77,8 @@ def sum_macs(records: list[LayerProfile], prefix: str = "") -> int:
     if not prefix:
         return sum(r.macs for r in records)
     return sum(r.macs for r in records if r.name == prefix or r.name.startswith(prefix + "."))
+
+
+def forward_macs(model: nn.Module, in_channels: int, image_size: int) -> int:
+    """Multiply-adds of one image through ``model``'s inference forward (auxiliary heads do not run)."""
+    return sum_macs(profile_modules(model, (in_channels, image_size, image_size), device="cpu"))

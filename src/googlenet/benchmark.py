@@ -1,0 +1,442 @@
+"""`googlenet benchmark`: our inference engines and training step against torchvision's googlenet, ONNX Runtime
+and OpenVINO on the same graph, interleaved in one run, with medians, ratios and achieved FLOP/s against a
+matrix-multiply roof measured in the same rounds.
+
+Interleaving matters on a shared machine: every round runs every case once, so a burst of load elsewhere
+slows all cases alike instead of one. Peak memory is the process's resident high-water mark during a case's
+timed call above its resident size just before (Linux: /proc/self/clear_refs resets the mark).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from googlenet.backends import Engine, build_engine, installed_backends, onnxruntime_engine, openvino_engine
+from googlenet.engine import training_loss
+from googlenet.model import GoogLeNet, create_model
+from googlenet.profile import profile_modules, sum_macs
+
+SECTIONS = ("inference", "training", "fashion")
+
+
+@dataclass
+class BenchmarkOptions:
+    batch: int = 32  # inference batch at ``size`` px
+    size: int = 224
+    train_batch: int = 32
+    fashion_batch: int = 128  # the Fashion-MNIST recipe's batch (configs/fashion-mnist.toml)
+    fashion_size: int = 28
+    rounds: int = 5
+    latency_repeats: int = 5  # batch-1 calls per round; their median is the round's latency
+    roof_size: int = 4096  # n of the n x n x n matrix products that measure the roof
+    settle: float = 0.1  # seconds of quiet before each timed case: other runtimes' idle threads stop spinning
+    sections: tuple[str, ...] = SECTIONS
+    compile: bool = False  # add torch.compile (Inductor, frozen bf16 weights) as a case: ~20 s to compile
+    engines: tuple[str, ...] = ()  # limit the external engines; empty: every installed one
+    device: str = "cpu"  # "cuda": the PyTorch cases on the GPU (ONNX Runtime and OpenVINO stay off)
+
+
+@dataclass
+class Case:
+    section: str
+    name: str
+    step: Callable[[], object]  # processes ``images`` images once
+    images: int
+    flops_per_image: float  # 2 x multiply-adds; x3 for a training step (forward + two backward products)
+    single: Callable[[], object] | None = None  # one image, for batch-1 latency
+    peer: bool = False
+    times: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    peer: bool
+    images_per_second: float
+    latency_ms: float | None
+    peak_mib: float | None
+    gflops: float
+    roof_share: float  # of the bf16 matrix-multiply roof measured in the same rounds
+    ratio: float  # against the section's reference (its strongest peer, or its first case)
+    reference: str
+
+
+@dataclass
+class BenchmarkReport:
+    machine: str
+    threads: int
+    versions: dict[str, str]
+    options: dict[str, Any]
+    roof_gflops: dict[str, float]
+    rows: list[Row]
+    date: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M %Z"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def machine_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _status_kib(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak(device: torch.device) -> float | None:
+    """Reset the high-water mark of memory in use (the GPU's allocator, or the process's resident set on the
+    CPU) and return the amount in use now, in KiB; None where it cannot be read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 1024
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _status_kib("VmRSS")
+
+
+def _peak_since(base: float | None, device: torch.device) -> float | None:
+    peak = torch.cuda.max_memory_allocated(device) / 1024 if device.type == "cuda" else _status_kib("VmHWM")
+    return None if base is None or peak is None else max(0.0, peak - base) / 1024
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {}
+    for name in ("torch", "torchvision", "onnxruntime", "openvino", "nncf"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def _macs(model: GoogLeNet, in_channels: int, size: int, *, training: bool) -> int:
+    """Multiply-adds per image; training counts the auxiliary heads, which run only then."""
+    meta = copy.deepcopy(model).to("meta")
+
+    def call(m: nn.Module, x: Tensor) -> object:
+        return m.forward_train(x) if training else m(x)  # type: ignore[operator]
+
+    return sum_macs(profile_modules(meta, (in_channels, size, size), call=call))
+
+
+def _matmul_cases(n: int, device: torch.device) -> list[Case]:
+    def product(dtype: torch.dtype) -> Callable[[], object]:
+        a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+        return lambda: a @ b
+
+    return [
+        Case("roof", f"matmul {label} {n}^3", product(dtype), 1, 2.0 * n**3)
+        for dtype, label in ((torch.bfloat16, "bf16"), (torch.float32, "fp32"))
+    ]
+
+
+def _torch_runner(module: nn.Module, x: Tensor, bf16: bool) -> Callable[[], object]:
+    @torch.no_grad()
+    def run() -> object:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return module(x)
+
+    return run
+
+
+def _engine_runner(engine: Engine | Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], object]:
+    return lambda: engine(x)
+
+
+def _compiled_bf16(model: GoogLeNet, example: Tensor) -> Callable[[Tensor], Tensor]:
+    """Our optimized graph with bf16 weights through Inductor with frozen (constant-folded, prepacked) weights."""
+    import torch._inductor.config as inductor
+
+    from googlenet.optimize import optimize_for_inference
+
+    inductor.freezing = True
+    fast = optimize_for_inference(model).to(example.device, torch.bfloat16)
+    compiled = torch.compile(fast)
+
+    @torch.no_grad()
+    def run(x: Tensor) -> Tensor:
+        return compiled(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+
+    run(example)  # compile now, not inside the first timed round
+    return run
+
+
+def _inference_cases(opts: BenchmarkOptions, engines: list[str], log: Callable[[str], None]) -> list[Case]:
+    import torchvision
+
+    torch.manual_seed(0)
+    device = torch.device(opts.device)
+    peer = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).eval()
+    ours = create_model("torchvision", aux=False)
+    ours.load_state_dict(peer.state_dict())  # same weights: the graphs differ only in how they run
+    ours.eval()
+    peer = peer.to(device)
+    x = torch.randn(opts.batch, 3, opts.size, opts.size, device=device)
+    x1 = x[:1].clone()
+    flops = 2.0 * _macs(ours, 3, opts.size, training=False)
+    peer_cl = copy.deepcopy(peer).to(memory_format=torch.channels_last)
+    x_cl, x1_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, x1))
+    section = f"inference, batch {opts.batch} at {opts.size} px"
+    cases = [
+        Case(section, "torchvision eager fp32", _torch_runner(peer, x, False), opts.batch, flops,
+             _torch_runner(peer, x1, False), peer=True),
+        Case(section, "torchvision eager bf16 + channels_last", _torch_runner(peer_cl, x_cl, True), opts.batch,
+             flops, _torch_runner(peer_cl, x1_cl, True), peer=True),
+    ]  # fmt: skip
+    example = x[:2].cpu()
+    calibration = [torch.randn(8, 3, opts.size, opts.size) for _ in range(4)]  # speed only: random ranges
+    log("building peer engines")
+    if "onnxruntime" in engines:
+        e = onnxruntime_engine(peer, example)
+        cases.append(Case(section, "ONNX Runtime fp32 (torchvision graph)", _engine_runner(e, x), opts.batch, flops,
+                          _engine_runner(e, x1), peer=True))  # fmt: skip
+    if "openvino" in engines:
+        for precision in ("fp32", "bf16"):
+            e = openvino_engine(peer, precision, example)
+            cases.append(Case(section, f"OpenVINO {precision} (torchvision graph)", _engine_runner(e, x), opts.batch,
+                              flops, _engine_runner(e, x1), peer=True))  # fmt: skip
+    log("building our engines")
+    ours_engines = [("torch", "fp32"), ("torch", "bf16")]
+    ours_engines += [("onnxruntime", "fp32")] if "onnxruntime" in engines else []
+    ours_engines += [("openvino", p) for p in ("fp32", "bf16", "int8")] if "openvino" in engines else []
+    for backend, precision in ours_engines:
+        e = build_engine(ours, backend, precision, image_size=opts.size, calibration=calibration, device=device)
+        cases.append(Case(section, f"ours: {backend} {precision}", _engine_runner(e, x), opts.batch, flops,
+                          _engine_runner(e, x1)))  # fmt: skip
+    if opts.compile:
+        log("compiling with torch.compile (Inductor)")
+        run = _compiled_bf16(ours, x)
+        run(x1)
+        cases.append(Case(section, "ours: torch.compile bf16", _engine_runner(run, x), opts.batch, flops,
+                          _engine_runner(run, x1)))  # fmt: skip
+    return cases
+
+
+def _train_step(
+    model: nn.Module, x: Tensor, y: Tensor, *, bf16: bool, torchvision_outputs: bool = False
+) -> Callable[[], object]:
+    """One SGD step as `googlenet train` takes it (momentum 0.9, weight decay, aux loss 0.3)."""
+    model.to(x.device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+    def step() -> object:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if torchvision_outputs:  # torchvision returns a GoogLeNetOutputs tuple in training
+                out = model(x)
+                loss = F.cross_entropy(out.logits, y)
+                loss = loss + 0.3 * (F.cross_entropy(out.aux_logits1, y) + F.cross_entropy(out.aux_logits2, y))
+            else:
+                loss, _ = training_loss(model, x, y, aux_weight=0.3, label_smoothing=0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def _training_cases(opts: BenchmarkOptions) -> list[Case]:
+    import torchvision
+
+    torch.manual_seed(0)
+    section = f"training, batch {opts.train_batch} at {opts.size} px, with auxiliary heads"
+    peer = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    peer = peer.to(memory_format=torch.channels_last)
+    ours = create_model("torchvision", aux=True)
+    ours.load_state_dict(peer.state_dict())
+    ours = ours.to(memory_format=torch.channels_last)
+    flops = 3 * 2.0 * _macs(ours, 3, opts.size, training=True)
+    device = torch.device(opts.device)
+    x = torch.randn(opts.train_batch, 3, opts.size, opts.size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (opts.train_batch,), device=device)
+    return [
+        Case(section, "torchvision eager bf16 + channels_last",
+             _train_step(peer, x, y, bf16=True, torchvision_outputs=True), opts.train_batch, flops, peer=True),
+        Case(section, "ours: googlenet train path (bf16, channels_last)", _train_step(ours, x, y, bf16=True),
+             opts.train_batch, flops),
+    ]  # fmt: skip
+
+
+def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
+    torch.manual_seed(0)
+    size, batch = opts.fashion_size, opts.fashion_batch
+    setting = f"small variant, 1 x {size} x {size}, batch {batch}"
+    section = f"Fashion-MNIST training: {setting}"
+    plain = create_model("small", num_classes=10, in_channels=1)
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    device = torch.device(opts.device)
+    x = torch.randn(batch, 1, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    train_flops = 3 * 2.0 * _macs(plain, 1, size, training=True)
+    cases = [
+        Case(section, "eager fp32", _train_step(plain, x, y, bf16=False), batch, train_flops),
+        Case(section, "ours: googlenet train path (bf16, channels_last)", _train_step(fast, x_cl, y, bf16=True), batch,
+             train_flops),
+    ]  # fmt: skip
+    model = create_model("small", num_classes=10, in_channels=1, aux=False).eval()
+    flops = 2.0 * _macs(model, 1, size, training=False)
+    calibration = [torch.randn(32, 1, size, size) for _ in range(4)]
+    choices = [("torch", "fp32"), ("torch", "bf16")]
+    choices += [("openvino", p) for p in ("fp32", "bf16", "int8")] if "openvino" in engines else []
+    section = f"Fashion-MNIST inference: {setting}"
+    for backend, precision in choices:
+        e = build_engine(model, backend, precision, image_size=size, calibration=calibration, device=device)
+        cases.append(Case(section, f"{backend} {precision}", _engine_runner(e, x), batch, flops,
+                          _engine_runner(e, x[:1])))  # fmt: skip
+    return cases
+
+
+def _timed(call: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call, waiting for the GPU's queued work to finish."""
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _measure(cases: list[Case], opts: BenchmarkOptions, progress: bool) -> None:
+    from tqdm import tqdm
+
+    device = torch.device(opts.device)
+    for case in cases:  # warm-up: first calls allocate, pick kernels and fill caches
+        for _ in range(2 if device.type == "cuda" else 1):  # cuDNN's benchmark mode times algorithms first
+            _timed(case.step, device)
+            if case.single:
+                _timed(case.single, device)
+    bar = tqdm(total=opts.rounds * len(cases), desc="benchmark", disable=not progress, leave=False)
+    for _ in range(opts.rounds):
+        for case in cases:
+            # OpenMP, TBB and ONNX Runtime workers spin for a while after their last task; without a pause
+            # they would steal cores from whichever case runs next.
+            time.sleep(opts.settle)
+            base = _reset_peak(device)
+            case.times.append(_timed(case.step, device))
+            peak = _peak_since(base, device)
+            if peak is not None:
+                case.peaks.append(peak)
+            if case.single:
+                single = [_timed(case.single, device) for _ in range(opts.latency_repeats)]
+                case.latencies.append(statistics.median(single))
+            bar.update()
+    bar.close()
+
+
+def _rows(cases: list[Case], roof: float) -> list[Row]:
+    rows = []
+    for section, group in itertools.groupby(cases, key=lambda c: c.section):
+        members = list(group)
+        speed = {c.name: c.images / statistics.median(c.times) for c in members}
+        peers = [c for c in members if c.peer]
+        reference = max(peers, key=lambda c: speed[c.name]) if peers else members[0]
+        for c in members:
+            gflops = speed[c.name] * c.flops_per_image / 1e9
+            rows.append(
+                Row(
+                    section=section,
+                    name=c.name,
+                    peer=c.peer,
+                    images_per_second=speed[c.name],
+                    latency_ms=1000 * statistics.median(c.latencies) if c.latencies else None,
+                    peak_mib=max(c.peaks) if c.peaks else None,
+                    gflops=gflops,
+                    roof_share=gflops / roof if roof > 0 else 0.0,
+                    ratio=speed[c.name] / speed[reference.name],
+                    reference=reference.name,
+                )
+            )
+    return rows
+
+
+def run_benchmark(
+    opts: BenchmarkOptions, *, progress: bool = False, log: Callable[[str], None] = lambda _: None
+) -> BenchmarkReport:
+    unknown = set(opts.sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    device = torch.device(opts.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda, but no CUDA device is available")
+        torch.backends.cudnn.benchmark = True
+    engines = [e for e in installed_backends() if e != "torch" and (not opts.engines or e in opts.engines)]
+    engines = engines if device.type == "cpu" else []  # ONNX Runtime and OpenVINO run on the CPU here
+    cases = _matmul_cases(opts.roof_size, device)
+    if "inference" in opts.sections:
+        cases += _inference_cases(opts, engines, log)
+    if "training" in opts.sections:
+        cases += _training_cases(opts)
+    if "fashion" in opts.sections:
+        cases += _fashion_cases(opts, engines)
+    log(f"measuring {len(cases)} cases, {opts.rounds} interleaved rounds")
+    _measure(cases, opts, progress)
+    roofs = {c.name.split()[1]: c.flops_per_image / statistics.median(c.times) / 1e9 for c in cases[:2]}
+    rows = _rows(cases[2:], roofs["bf16"])
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_name()
+    return BenchmarkReport(machine, torch.get_num_threads(), _versions(), asdict(opts), roofs, rows)
+
+
+def format_report(report: BenchmarkReport) -> str:
+    """Markdown: one table per section, ratios against the section's strongest peer."""
+    o = report.options
+    lines = [
+        f"{report.machine}, {report.threads} threads; " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
+        f"{report.date}; median of {o['rounds']} interleaved rounds; batch-1 latency: median of "
+        f"{o['latency_repeats']} calls per round",
+        "matrix-multiply roof (torch.matmul, "
+        + f"{o['roof_size']}^3): "
+        + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report.roof_gflops.items()),
+    ]
+    for section, group in itertools.groupby(report.rows, key=lambda r: r.section):
+        members = list(group)
+        lines += [
+            "",
+            f"**{section}** (ratios against {members[0].reference})",
+            "",
+            "| case | img/s | ratio | batch-1 ms | peak MiB | GFLOP/s | of bf16 roof |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in members:
+            latency = f"{r.latency_ms:.2f}" if r.latency_ms is not None else "–"
+            peak = f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "–"
+            name = f"{r.name} (peer)" if r.peer else f"**{r.name}**"
+            lines.append(
+                f"| {name} | {r.images_per_second:,.1f} | {r.ratio:.2f}x | {latency} | {peak} | "
+                f"{r.gflops:,.0f} | {r.roof_share:.0%} |"
+            )
+    return "\n".join(lines)
