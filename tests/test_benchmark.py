@@ -1,17 +1,23 @@
 """`googlenet benchmark` runs end to end at a tiny size and reports every case it promises."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from googlenet.backends import installed_backends
+from googlenet.benchmark import agreement_on_test
 from googlenet.cli import main
+from googlenet.config import Config
+from helpers import make_checkpoint, make_folder
 
 
 def test_benchmark_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     argv = ["benchmark", "--size", "48", "--batch", "2", "--train-batch", "2", "--fashion-batch", "4"]
-    argv += ["--rounds", "2", "--roof-size", "64", "--json", str(out), "--no-progress"]
+    argv += ["--rounds", "2", "--roof-size", "64", "--json", str(out), "--no-progress", "--profile"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -42,3 +48,34 @@ def test_benchmark_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert all(r["reference"] == best_peer["name"] for r in report["rows"] if r["section"].startswith("inference"))
     assert "| case | img/s | ratio | batch-1 ms | peak MiB | GFLOP/s | of bf16 roof |" in text
     assert "matrix-multiply roof" in text and f"wrote {out}" in text
+    assert "where our training step's time goes" in text
+    assert sum(report["profile"].values()) == pytest.approx(1.0)
+    assert report["profile"]["convolution and linear (forward and backward)"] > 0
+
+
+def test_agreement_on_a_checkpoints_test_split(tmp_path: Path) -> None:
+    config = Config()
+    root = make_folder(tmp_path / "images")
+    shutil.copytree(root / "val", root / "test")
+    config.data.dataset, config.data.root = "folder", str(root)
+    config.data.val_fraction = 0.0
+    checkpoint = make_checkpoint(tmp_path / "c.pt", config=config.to_dict())
+    rows = {a.engine: a for a in agreement_on_test(str(checkpoint), installed_backends(), lambda _: None)}
+    assert set(rows) == {
+        "torch fp32",
+        "torch bf16",
+        "onnxruntime fp32",
+        "openvino fp32",
+        "openvino bf16",
+        "openvino int8",
+    }
+    assert rows["torch fp32"].agreement == 1.0
+    assert rows["openvino fp32"].agreement == 1.0 and rows["onnxruntime fp32"].agreement == 1.0
+    assert all(a.images == 9 and 0 <= a.top1 <= 1 for a in rows.values())  # 3 classes x 3 test images
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for machines without a GPU")
+def test_benchmark_on_cuda_without_a_gpu_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", "--device", "cuda", "--sections", "training"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device is available" in err

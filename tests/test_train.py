@@ -16,7 +16,7 @@ from googlenet.engine import evaluate, training_loss
 from googlenet.evaluate import evaluate_checkpoint
 from googlenet.predict import predict_paths
 from googlenet.report import write_report
-from googlenet.train import TrainingDiverged, build_model, train
+from googlenet.train import TrainingDiverged, build_model, ema_with_warmup, train
 
 TINY = [
     "data.train_subset=96",
@@ -190,3 +190,21 @@ def test_evaluate_helper_counts(finished_run: Path, fashion_root: Path) -> None:
     labels = torch.cat([y for _, y in split.epoch(0)])
     assert result.confusion.sum(1).tolist() == torch.bincount(labels, minlength=10).tolist()
     assert result.top1 == pytest.approx(float(result.confusion.diag().sum()) / 300)
+
+
+def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.9), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies
+    expected = model[0].weight.detach().clone()
+    for n in range(1, 5):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model(torch.randn(4, 1, 3, 3))  # training mode: BatchNorm counts a batch
+        ema.update_parameters(model)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = expected * d + model[0].weight.detach() * (1 - d)
+    torch.testing.assert_close(ema.module[0].weight, expected)
+    assert int(ema.module[1].num_batches_tracked) == 4

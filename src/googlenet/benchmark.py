@@ -10,6 +10,8 @@ timed call above its resident size just before (Linux: /proc/self/clear_refs res
 from __future__ import annotations
 
 import copy
+import dataclasses
+import gc
 import itertools
 import platform
 import statistics
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from googlenet.backends import Engine, build_engine, installed_backends, onnxruntime_engine, openvino_engine
 from googlenet.engine import training_loss
+from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet, create_model
 from googlenet.profile import profile_modules, sum_macs
 
@@ -46,6 +49,8 @@ class BenchmarkOptions:
     compile: bool = False  # add torch.compile (Inductor, frozen bf16 weights) as a case: ~20 s to compile
     engines: tuple[str, ...] = ()  # limit the external engines; empty: every installed one
     device: str = "cpu"  # "cuda": the PyTorch cases on the GPU (ONNX Runtime and OpenVINO stay off)
+    checkpoint: str | None = None  # adds each engine's agreement with our fp32 model on its test split
+    profile: bool = False  # adds where the time of our training step goes, by kind of operator
 
 
 @dataclass
@@ -77,6 +82,14 @@ class Row:
 
 
 @dataclass
+class Agreement:
+    engine: str
+    top1: float  # accuracy on the split
+    agreement: float  # share of images whose top-1 class equals the fp32 PyTorch model's
+    images: int
+
+
+@dataclass
 class BenchmarkReport:
     machine: str
     threads: int
@@ -84,6 +97,8 @@ class BenchmarkReport:
     options: dict[str, Any]
     roof_gflops: dict[str, float]
     rows: list[Row]
+    agreement: list[Agreement] = field(default_factory=list)
+    profile: dict[str, float] = field(default_factory=dict)  # operator kind -> share of the step's CPU time
     date: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M %Z"))
 
     def as_dict(self) -> dict[str, Any]:
@@ -246,11 +261,18 @@ def _inference_cases(opts: BenchmarkOptions, engines: list[str], log: Callable[[
 
 
 def _train_step(
-    model: nn.Module, x: Tensor, y: Tensor, *, bf16: bool, torchvision_outputs: bool = False
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    bf16: bool,
+    torchvision_outputs: bool = False,
+    compiled: bool = False,
 ) -> Callable[[], object]:
     """One SGD step as `googlenet train` takes it (momentum 0.9, weight decay, aux loss 0.3)."""
     model.to(x.device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    loss_fn = torch.compile(training_loss) if compiled else training_loss
 
     def step() -> object:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -259,7 +281,7 @@ def _train_step(
                 loss = F.cross_entropy(out.logits, y)
                 loss = loss + 0.3 * (F.cross_entropy(out.aux_logits1, y) + F.cross_entropy(out.aux_logits2, y))
             else:
-                loss, _ = training_loss(model, x, y, aux_weight=0.3, label_smoothing=0.0)
+                loss, _ = loss_fn(model, x, y, aux_weight=0.3, label_smoothing=0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
@@ -283,12 +305,18 @@ def _training_cases(opts: BenchmarkOptions) -> list[Case]:
     x = torch.randn(opts.train_batch, 3, opts.size, opts.size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (opts.train_batch,), device=device)
-    return [
+    cases = [
         Case(section, "torchvision eager bf16 + channels_last",
              _train_step(peer, x, y, bf16=True, torchvision_outputs=True), opts.train_batch, flops, peer=True),
         Case(section, "ours: googlenet train path (bf16, channels_last)", _train_step(ours, x, y, bf16=True),
              opts.train_batch, flops),
     ]  # fmt: skip
+    if opts.compile:  # what train.compile = true does: the loss function through torch.compile
+        compiled = copy.deepcopy(ours)
+        step = _train_step(compiled, x, y, bf16=True, compiled=True)
+        step()  # compile outside the timed rounds
+        cases.append(Case(section, "ours: train path + torch.compile", step, opts.train_batch, flops))
+    return cases
 
 
 def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
@@ -383,32 +411,119 @@ def _rows(cases: list[Case], roof: float) -> list[Row]:
     return rows
 
 
+def agreement_on_test(checkpoint: str, engines: list[str], log: Callable[[str], None]) -> list[Agreement]:
+    """Each reduced-precision or external engine against our fp32 PyTorch model on the checkpoint's test split:
+    accuracy and the share of identical top-1 answers. int8 is calibrated on 512 training images."""
+    from googlenet.checkpoint import load_checkpoint, model_from_checkpoint
+    from googlenet.config import config_from_dict
+    from googlenet.data import eval_split
+
+    payload = load_checkpoint(checkpoint)
+    model, prep, _ = model_from_checkpoint(payload)
+    config = config_from_dict(payload["config"])
+    split = eval_split(config.data, prep, "test", config.train.seed)
+    train = eval_split(config.data, prep, "train", config.train.seed)
+    calibration = list(
+        itertools.islice((x for x, _ in train.epoch(0)), -(-512 // max(1, train.num_samples // len(train))))
+    )
+    choices = [("torch", "fp32"), ("torch", "bf16")]
+    choices += [("onnxruntime", "fp32")] if "onnxruntime" in engines else []
+    choices += [("openvino", p) for p in ("fp32", "bf16", "int8")] if "openvino" in engines else []
+    predictions: dict[str, Tensor] = {}
+    labels: Tensor | None = None
+    for backend, precision in choices:
+        engine = build_engine(
+            model, backend, precision, image_size=prep.image_size, calibration=calibration, device="cpu"
+        )
+        log(f"agreement: running {engine.name} over the test split")
+        outputs, ys = zip(*((engine(x).argmax(1), y) for x, y in split.epoch(0)), strict=True)
+        predictions[engine.name] = torch.cat(outputs)
+        labels = torch.cat(ys)
+    assert labels is not None
+    reference = predictions["torch fp32"]
+    return [
+        Agreement(name, float((p == labels).float().mean()), float((p == reference).float().mean()), len(labels))
+        for name, p in predictions.items()
+    ]
+
+
+# Operator kinds for the profile, matched against torch.profiler's aten operator names in order.
+PROFILE_KINDS = (
+    ("convolution and linear (forward and backward)", ("convolution", "conv2d", "addmm", "mm")),
+    ("BatchNorm (forward and backward)", ("batch_norm",)),
+    ("max-pool (forward and backward)", ("max_pool",)),
+    ("ReLU (forward and backward)", ("relu", "threshold", "clamp_min")),
+    ("concatenation, split, copies", ("cat", "split", "copy", "_to_copy", "narrow")),
+    ("optimizer and gradient sums", ("foreach", "add", "mul", "lerp", "sgd", "zero", "fill")),
+)
+
+
+def profile_training_step(opts: BenchmarkOptions) -> dict[str, float]:
+    """Share of our 224 px training step's operator time by kind (torch.profiler, two steps after a warm-up):
+    how much is matrix work a faster kernel could shrink, and how much is memory-bound."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cases = _training_cases(dataclasses.replace(opts, compile=False))
+    step = cases[1].step  # ours
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+        step()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        op = event.key.removeprefix("aten::")
+        kind = next((k for k, words in PROFILE_KINDS if any(w in op for w in words)), "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def _done() -> None:
+    """Stands in for a measured case's step once its engine is released."""
+
+
+class BenchmarkError(GoogLeNetError):
+    """A benchmark that cannot run as asked."""
+
+
 def run_benchmark(
     opts: BenchmarkOptions, *, progress: bool = False, log: Callable[[str], None] = lambda _: None
 ) -> BenchmarkReport:
     unknown = set(opts.sections) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+        raise BenchmarkError(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     device = torch.device(opts.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda, but no CUDA device is available")
+            raise BenchmarkError("--device cuda, but no CUDA device is available")
         torch.backends.cudnn.benchmark = True
     engines = [e for e in installed_backends() if e != "torch" and (not opts.engines or e in opts.engines)]
     engines = engines if device.type == "cpu" else []  # ONNX Runtime and OpenVINO run on the CPU here
-    cases = _matmul_cases(opts.roof_size, device)
-    if "inference" in opts.sections:
-        cases += _inference_cases(opts, engines, log)
-    if "training" in opts.sections:
-        cases += _training_cases(opts)
-    if "fashion" in opts.sections:
-        cases += _fashion_cases(opts, engines)
-    log(f"measuring {len(cases)} cases, {opts.rounds} interleaved rounds")
-    _measure(cases, opts, progress)
-    roofs = {c.name.split()[1]: c.flops_per_image / statistics.median(c.times) / 1e9 for c in cases[:2]}
-    rows = _rows(cases[2:], roofs["bf16"])
+    # First, so that a bad checkpoint fails before minutes of timing; it does not overlap the timed rounds.
+    agreement = agreement_on_test(opts.checkpoint, installed_backends(), log) if opts.checkpoint else []
+    # Each section is built and measured on its own, interleaved with the roof: one runtime's leftover threads
+    # and memory must not tilt another section's comparison, and engines are freed before the next section.
+    roof = _matmul_cases(opts.roof_size, device)
+    builders: dict[str, Callable[[], list[Case]]] = {
+        "inference": lambda: _inference_cases(opts, engines, log),
+        "training": lambda: _training_cases(opts),
+        "fashion": lambda: _fashion_cases(opts, engines),
+    }
+    measured: list[Case] = []
+    for name in (s for s in SECTIONS if s in opts.sections):
+        cases = builders[name]()
+        log(f"{name}: measuring {len(cases)} cases and the matmul roof, {opts.rounds} interleaved rounds")
+        _measure(roof + cases, opts, progress)
+        measured += [dataclasses.replace(c, step=_done, single=None) for c in cases]  # keep timings, free engines
+        del cases
+        gc.collect()
+    roofs = {c.name.split()[1]: c.flops_per_image / statistics.median(c.times) / 1e9 for c in roof}
+    rows = _rows(measured, roofs["bf16"])
+    shares = profile_training_step(opts) if opts.profile else {}
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_name()
-    return BenchmarkReport(machine, torch.get_num_threads(), _versions(), asdict(opts), roofs, rows)
+    return BenchmarkReport(machine, torch.get_num_threads(), _versions(), asdict(opts), roofs, rows, agreement, shares)
 
 
 def format_report(report: BenchmarkReport) -> str:
@@ -439,4 +554,22 @@ def format_report(report: BenchmarkReport) -> str:
                 f"| {name} | {r.images_per_second:,.1f} | {r.ratio:.2f}x | {latency} | {peak} | "
                 f"{r.gflops:,.0f} | {r.roof_share:.0%} |"
             )
+    if report.agreement:
+        lines += [
+            "",
+            f"**agreement with our fp32 model** ({o['checkpoint']}, test split, {report.agreement[0].images:,} images)",
+            "",
+            "| engine | top-1 | same top-1 as fp32 |",
+            "|---|---:|---:|",
+            *(f"| {a.engine} | {a.top1:.4f} | {a.agreement:.2%} |" for a in report.agreement),
+        ]
+    if report.profile:
+        lines += [
+            "",
+            f"**where our training step's time goes** (torch.profiler, batch {o['train_batch']} at {o['size']} px)",
+            "",
+            "| operators | share of operator time |",
+            "|---|---:|",
+            *(f"| {kind} | {share:.0%} |" for kind, share in report.profile.items()),
+        ]
     return "\n".join(lines)

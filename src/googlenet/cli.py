@@ -192,6 +192,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         compile=args.compile,
         engines=tuple(args.engines or ()),
         device=args.device,
+        checkpoint=args.checkpoint,
+        profile=args.profile,
     )
     if args.size < 47:
         raise UsageError(f"--size {args.size} is below the torchvision graph's smallest input, 47 px")
@@ -324,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--roof-size", type=_positive_int, default=4096, help="n of the n^3 matmul roof")
     bench.add_argument("--sections", default="inference,training,fashion", help="comma-separated sections to run")
     bench.add_argument("--engines", nargs="*", choices=("onnxruntime", "openvino"), help="limit the external engines")
+    bench.add_argument(
+        "--checkpoint", help="also measure each engine's top-1 agreement on this checkpoint's test split"
+    )
+    bench.add_argument("--profile", action="store_true", help="also show where our training step's time goes")
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the PyTorch cases run")
     bench.add_argument("--compile", action="store_true", help="add torch.compile as a case (compiles ~20 s)")
     bench.add_argument("--json", help="also write the results to this JSON file")

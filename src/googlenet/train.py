@@ -73,13 +73,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def ema_with_warmup(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], Tensor]:
-    """EMA whose decay ramps up as (1 + n) / (10 + n): early averages are not dominated by the random init."""
+TensorList = tuple[Tensor, ...] | list[Tensor]
 
-    def average(averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
+
+def ema_with_warmup(decay: float) -> Callable[[TensorList, TensorList, Tensor | int], None]:
+    """EMA whose decay ramps up as (1 + n) / (10 + n): early averages are not dominated by the random init.
+    Updates all tensors of one device and dtype at once (foreach), reading the step count once: a per-tensor
+    update would cost hundreds of kernel launches and GPU synchronisations per step. Integer buffers (the
+    BatchNorm batch counters) are copied."""
+
+    def average(averaged: TensorList, current: TensorList, num_averaged: Tensor | int) -> None:
+        if not averaged[0].is_floating_point():
+            torch._foreach_copy_(averaged, current)
+            return
         n = float(num_averaged)
         d = min(decay, (1 + n) / (10 + n))
-        return averaged * d + current * (1 - d)
+        torch._foreach_lerp_(averaged, current, 1 - d)  # averaged + (1 - d)(current - averaged)
 
     return average
 
@@ -296,7 +305,7 @@ def _train(
         nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
     )
     ema = (
-        AveragedModel(model, avg_fn=ema_with_warmup(cfg.train.ema_decay), use_buffers=True)
+        AveragedModel(model, multi_avg_fn=ema_with_warmup(cfg.train.ema_decay), use_buffers=True)
         if cfg.train.ema_decay > 0
         else None
     )
