@@ -36,7 +36,6 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("fp32",),
     "openvino": ("fp32", "bf16", "int8"),
 }
-_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 class BackendError(GoogLeNetError):
@@ -50,7 +49,6 @@ class Engine:
     backend: str
     precision: str
     run: Callable[[Tensor], Tensor]
-    build_seconds: float = 0.0
     keep_alive: list[Any] = field(default_factory=list)  # temp dirs and sessions the runner needs
     device: str = "cpu"
 
@@ -63,7 +61,13 @@ class Engine:
 
 
 def installed_backends() -> list[str]:
-    return [b for b in BACKENDS if importlib.util.find_spec(_MODULES[b]) is not None]
+    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def engine_choices(backends: Iterable[str]) -> list[tuple[str, str]]:
+    """(backend, precision) for PyTorch and each of ``backends``, every precision it runs, in BACKENDS order."""
+    wanted = {"torch", *backends}
+    return [(b, p) for b in BACKENDS if b in wanted for p in SUPPORTED[b]]
 
 
 def check_backend(backend: str, precision: str) -> None:
@@ -107,7 +111,6 @@ def build_engine(
         raise BackendError(f"{backend} runs on the CPU here; use --backend torch for {device.type}")
     if precision == "int8" and calibration is None:
         raise BackendError("int8 needs calibration images; evaluate and benchmark supply them from the data")
-    start = time.perf_counter()
     example = torch.randn(2, model.in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
     if backend == "torch":
         engine = _torch_engine(model, precision, device)
@@ -115,7 +118,6 @@ def build_engine(
         engine = onnxruntime_engine(optimize_for_inference(model, channels_last=False), example)
     else:
         engine = openvino_engine(optimize_for_inference(model, channels_last=False), precision, example, calibration)
-    engine.build_seconds = time.perf_counter() - start
     return engine
 
 
@@ -204,49 +206,33 @@ def _quantize(graph: Any, calibration: Iterable[Tensor]) -> Any:
         return nncf.quantize(graph, nncf.Dataset(batches), subset_size=images)
 
 
-@dataclass
-class Choice:
-    engine: Engine
-    seconds_per_batch: dict[str, float]  # engine name -> median seconds on the probe batch
-    agreement: dict[str, float]  # engine name -> top-1 agreement with the plain fp32 model on the probe batch
-
-
-def choose_engine(
+def _fastest(
     model: GoogLeNet,
+    backends: list[str],
     precision: str,
     probe: Tensor,
     *,
     image_size: int,
-    calibration: Iterable[Tensor] | None = None,
-    backends: Iterable[str] | None = None,
+    calibration: list[Tensor] | None,
     repeats: int = 3,
     log: Callable[[str], None] | None = None,
-) -> Choice:
-    """Build every installed engine that runs ``precision``, time each on ``probe`` (median of ``repeats``
-    after a warm-up) and return the fastest. ``calibration`` is materialised once and shared."""
-    names = [b for b in (backends or installed_backends()) if precision in SUPPORTED[b]]
-    names = [b for b in names if b in installed_backends()]
-    if not names:
-        raise BackendError(f"no installed backend runs {precision}")
-    shared = list(calibration) if calibration is not None else None
-    with torch.no_grad():
-        reference = model.eval()(probe).argmax(1)
-    engines, timings, agreement = [], {}, {}
-    for name in names:
-        engine = build_engine(model, name, precision, image_size=image_size, calibration=shared)
+) -> tuple[Engine, dict[str, float]]:
+    """Build each of ``backends`` at ``precision``, time it on ``probe`` (median of ``repeats`` after a
+    warm-up) and return the fastest engine with every engine's median seconds by name."""
+    engines, timings = [], {}
+    for name in backends:
+        engine = build_engine(model, name, precision, image_size=image_size, calibration=calibration)
         engine(probe)  # warm-up: first calls allocate and pick kernels
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            logits = engine(probe)
+            engine(probe)
             times.append(time.perf_counter() - start)
         timings[engine.name] = statistics.median(times)
-        agreement[engine.name] = float((logits.argmax(1) == reference).float().mean())
         engines.append(engine)
         if log:
             log(f"{engine.name}: {probe.shape[0] / timings[engine.name]:.1f} img/s on the probe batch")
-    best = min(engines, key=lambda e: timings[e.name])
-    return Choice(best, timings, agreement)
+    return min(engines, key=lambda e: timings[e.name]), timings
 
 
 # Below this many images, building and timing every engine costs more than it can save.
@@ -271,15 +257,12 @@ def select_engine(
     """The engine to run ``workload`` images with, and a sentence saying how it was chosen. ``backend`` is a
     name from BACKENDS or "auto": measure the installed engines on a probe batch when the workload is large
     enough to repay it, else take PyTorch. ``probe`` and ``calibration`` are called only if needed."""
-    if precision not in PRECISIONS:
-        raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    calib = calibration() if precision == "int8" and calibration is not None else None
+    check_choice(backend, precision)
+    calib = list(calibration()) if precision == "int8" and calibration is not None else None
     if backend != "auto":
         engine = build_engine(model, backend, precision, image_size=image_size, calibration=calib)
         return engine, f"{engine.name} (as asked)"
-    candidates = [b for b in installed_backends() if precision in SUPPORTED[b]]
-    if not candidates:
-        raise BackendError(f"no installed backend runs {precision}")
+    candidates = [b for b in installed_backends() if precision in SUPPORTED[b]]  # not empty: check_choice
     if default_device() == "cuda" and "torch" in candidates:
         engine = build_engine(model, "torch", precision, image_size=image_size)
         return engine, f"{engine.name} (a GPU is here)"
@@ -290,9 +273,9 @@ def select_engine(
         return engine, f"{engine.name} ({why})"
     if workload * forward_macs(model, model.in_channels, image_size) < ONNX_MIN_MACS and len(candidates) > 2:
         candidates.remove("onnxruntime")
-    choice = choose_engine(
-        model, precision, probe()[:PROBE_IMAGES], image_size=image_size, calibration=calib, backends=candidates, log=log
+    best, timings = _fastest(
+        model, candidates, precision, probe()[:PROBE_IMAGES], image_size=image_size, calibration=calib, log=log
     )
-    ranked = sorted(choice.seconds_per_batch.items(), key=lambda item: item[1])
+    ranked = sorted(timings.items(), key=lambda item: item[1])
     speeds = ", ".join(f"{name} {1 / seconds:.2f} batch/s" for name, seconds in ranked)
-    return choice.engine, f"{choice.engine.name} (fastest measured here: {speeds})"
+    return best, f"{best.name} (fastest measured here: {speeds})"

@@ -25,11 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from googlenet.backends import Engine, build_engine, installed_backends, onnxruntime_engine, openvino_engine
+from googlenet.backends import (
+    Engine,
+    build_engine,
+    engine_choices,
+    installed_backends,
+    onnxruntime_engine,
+    openvino_engine,
+)
 from googlenet.engine import training_loss
 from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet, create_model
-from googlenet.profile import profile_modules, sum_macs
+from googlenet.profile import forward_macs
 
 SECTIONS = ("inference", "training", "fashion")
 
@@ -157,16 +164,6 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _macs(model: GoogLeNet, in_channels: int, size: int, *, training: bool) -> int:
-    """Multiply-adds per image; training counts the auxiliary heads, which run only then."""
-    meta = copy.deepcopy(model).to("meta")
-
-    def call(m: nn.Module, x: Tensor) -> object:
-        return m.forward_train(x) if training else m(x)  # type: ignore[operator]
-
-    return sum_macs(profile_modules(meta, (in_channels, size, size), call=call))
-
-
 def _matmul_cases(n: int, device: torch.device) -> list[Case]:
     def product(dtype: torch.dtype) -> Callable[[], object]:
         a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
@@ -221,7 +218,7 @@ def _inference_cases(opts: BenchmarkOptions, engines: list[str], log: Callable[[
     peer = peer.to(device)
     x = torch.randn(opts.batch, 3, opts.size, opts.size, device=device)
     x1 = x[:1].clone()
-    flops = 2.0 * _macs(ours, 3, opts.size, training=False)
+    flops = 2.0 * forward_macs(ours, 3, opts.size, training=False)
     peer_cl = copy.deepcopy(peer).to(memory_format=torch.channels_last)
     x_cl, x1_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, x1))
     section = f"inference, batch {opts.batch} at {opts.size} px"
@@ -244,10 +241,7 @@ def _inference_cases(opts: BenchmarkOptions, engines: list[str], log: Callable[[
             cases.append(Case(section, f"OpenVINO {precision} (torchvision graph)", _engine_runner(e, x), opts.batch,
                               flops, _engine_runner(e, x1), peer=True))  # fmt: skip
     log("building our engines")
-    ours_engines = [("torch", "fp32"), ("torch", "bf16")]
-    ours_engines += [("onnxruntime", "fp32")] if "onnxruntime" in engines else []
-    ours_engines += [("openvino", p) for p in ("fp32", "bf16", "int8")] if "openvino" in engines else []
-    for backend, precision in ours_engines:
+    for backend, precision in engine_choices(engines):
         e = build_engine(ours, backend, precision, image_size=opts.size, calibration=calibration, device=device)
         cases.append(Case(section, f"ours: {backend} {precision}", _engine_runner(e, x), opts.batch, flops,
                           _engine_runner(e, x1)))  # fmt: skip
@@ -300,7 +294,7 @@ def _training_cases(opts: BenchmarkOptions) -> list[Case]:
     ours = create_model("torchvision", aux=True)
     ours.load_state_dict(peer.state_dict())
     ours = ours.to(memory_format=torch.channels_last)
-    flops = 3 * 2.0 * _macs(ours, 3, opts.size, training=True)
+    flops = 3 * 2.0 * forward_macs(ours, 3, opts.size, training=True)
     device = torch.device(opts.device)
     x = torch.randn(opts.train_batch, 3, opts.size, opts.size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -330,19 +324,18 @@ def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
     x = torch.randn(batch, 1, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    train_flops = 3 * 2.0 * _macs(plain, 1, size, training=True)
+    train_flops = 3 * 2.0 * forward_macs(plain, 1, size, training=True)
     cases = [
         Case(section, "eager fp32", _train_step(plain, x, y, bf16=False), batch, train_flops),
         Case(section, "ours: googlenet train path (bf16, channels_last)", _train_step(fast, x_cl, y, bf16=True), batch,
              train_flops),
     ]  # fmt: skip
     model = create_model("small", num_classes=10, in_channels=1, aux=False).eval()
-    flops = 2.0 * _macs(model, 1, size, training=False)
+    flops = 2.0 * forward_macs(model, 1, size, training=False)
     calibration = [torch.randn(32, 1, size, size) for _ in range(4)]
-    choices = [("torch", "fp32"), ("torch", "bf16")]
-    choices += [("openvino", p) for p in ("fp32", "bf16", "int8")] if "openvino" in engines else []
     section = f"Fashion-MNIST inference: {setting}"
-    for backend, precision in choices:
+    # ONNX Runtime sits this one out: its ONNX export costs more time than the section's measurements.
+    for backend, precision in engine_choices(e for e in engines if e != "onnxruntime"):
         e = build_engine(model, backend, precision, image_size=size, calibration=calibration, device=device)
         cases.append(Case(section, f"{backend} {precision}", _engine_runner(e, x), batch, flops,
                           _engine_runner(e, x[:1])))  # fmt: skip
@@ -413,25 +406,20 @@ def _rows(cases: list[Case], roof: float) -> list[Row]:
 
 def agreement_on_test(checkpoint: str, engines: list[str], log: Callable[[str], None]) -> list[Agreement]:
     """Each reduced-precision or external engine against our fp32 PyTorch model on the checkpoint's test split:
-    accuracy and the share of identical top-1 answers. int8 is calibrated on 512 training images."""
+    accuracy and the share of identical top-1 answers. int8 is calibrated as `evaluate` does."""
     from googlenet.checkpoint import load_checkpoint, model_from_checkpoint
     from googlenet.config import config_from_dict
     from googlenet.data import eval_split
+    from googlenet.evaluate import calibration_batches
 
     payload = load_checkpoint(checkpoint)
     model, prep, _ = model_from_checkpoint(payload)
     config = config_from_dict(payload["config"])
     split = eval_split(config.data, prep, "test", config.train.seed)
-    train = eval_split(config.data, prep, "train", config.train.seed)
-    calibration = list(
-        itertools.islice((x for x, _ in train.epoch(0)), -(-512 // max(1, train.num_samples // len(train))))
-    )
-    choices = [("torch", "fp32"), ("torch", "bf16")]
-    choices += [("onnxruntime", "fp32")] if "onnxruntime" in engines else []
-    choices += [("openvino", p) for p in ("fp32", "bf16", "int8")] if "openvino" in engines else []
+    calibration = calibration_batches(config, prep)
     predictions: dict[str, Tensor] = {}
     labels: Tensor | None = None
-    for backend, precision in choices:
+    for backend, precision in engine_choices(engines):
         engine = build_engine(
             model, backend, precision, image_size=prep.image_size, calibration=calibration, device="cpu"
         )

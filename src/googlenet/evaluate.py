@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from googlenet.backends import check_choice, select_engine
 from googlenet.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
-from googlenet.config import config_from_dict
-from googlenet.data import eval_split
+from googlenet.config import Config, config_from_dict
+from googlenet.data import Preprocessing, eval_split
 from googlenet.engine import EvalResult, evaluate
 from googlenet.plots import confusion_png
 
@@ -48,6 +48,14 @@ class EvalReport:
 CALIBRATION_IMAGES = 512  # int8 ranges: a few hundred images settle them; more only costs time
 
 
+def calibration_batches(config: Config, prep: Preprocessing) -> list[Tensor]:
+    """The first CALIBRATION_IMAGES (rounded up to whole batches) of the run's training split, preprocessed as
+    for evaluation: what int8 quantization sets its ranges from."""
+    train = eval_split(config.data, prep, "train", config.train.seed)
+    per_batch = -(-train.num_samples // max(1, len(train)))
+    return list(itertools.islice((x for x, _ in train.epoch(0)), -(-CALIBRATION_IMAGES // per_batch)))
+
+
 def run_folder(checkpoint: Path) -> Path:
     """RUN/checkpoints/best.pt -> RUN; any other checkpoint -> its own folder."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -75,11 +83,6 @@ def evaluate_checkpoint(
         config.data.root = data_root
     batches = eval_split(config.data, prep, split, config.train.seed)
 
-    def calibration() -> list[Tensor]:
-        train = eval_split(config.data, prep, "train", config.train.seed)
-        per_batch = -(-train.num_samples // max(1, len(train)))
-        return list(itertools.islice((x for x, _ in train.epoch(0)), -(-CALIBRATION_IMAGES // per_batch)))
-
     engine, how = select_engine(
         model,
         backend,
@@ -87,7 +90,7 @@ def evaluate_checkpoint(
         image_size=prep.image_size,
         probe=lambda: next(iter(batches.epoch(0)))[0],
         workload=batches.num_samples,
-        calibration=calibration,
+        calibration=lambda: calibration_batches(config, prep),
     )
 
     def bar(stream: Any, total: int) -> Any:

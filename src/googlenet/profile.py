@@ -5,6 +5,7 @@ Runs on the meta device by default, so profiling the full network at 224 px cost
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +80,12 @@ def sum_macs(records: list[LayerProfile], prefix: str = "") -> int:
     return sum(r.macs for r in records if r.name == prefix or r.name.startswith(prefix + "."))
 
 
-def forward_macs(model: nn.Module, in_channels: int, image_size: int) -> int:
-    """Multiply-adds of one image through ``model``'s inference forward (auxiliary heads do not run)."""
-    return sum_macs(profile_modules(model, (in_channels, image_size, image_size), device="cpu"))
+def forward_macs(model: nn.Module, in_channels: int, image_size: int, *, training: bool = False) -> int:
+    """Multiply-adds of one image through ``model`` (a GoogLeNet), on a meta-device copy: the inference
+    forward, or with ``training`` the training forward, which also runs the auxiliary heads."""
+    meta = copy.deepcopy(model).to("meta")
+
+    def call(m: nn.Module, x: Tensor) -> object:
+        return m.forward_train(x) if training else m(x)  # type: ignore[operator]
+
+    return sum_macs(profile_modules(meta, (in_channels, image_size, image_size), call=call))
