@@ -196,7 +196,10 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
         lambda t, c: ["evaluate", str(c), "--backend", "torch", "--precision", "int8"],
         r"torch cannot run int8; use --backend openvino",
     ),
-    "benchmark-unknown-section": (lambda t, c: ["benchmark", "--sections", "speed"], r"--sections takes"),
+    "benchmark-unknown-section": (
+        lambda t, c: ["benchmark", "--sections", "speed"],
+        r"sections must be a non-empty list of inference, training, fashion; got speed",
+    ),
     "benchmark-size-below-minimum": (lambda t, c: ["benchmark", "--size", "20"], r"below .* 47 px"),
 }
 

@@ -266,13 +266,18 @@ def select_engine(
     if default_device() == "cuda" and "torch" in candidates:
         engine = build_engine(model, "torch", precision, image_size=image_size)
         return engine, f"{engine.name} (a GPU is here)"
-    if len(candidates) == 1 or workload < AUTO_MIN_IMAGES:
+    small = workload < AUTO_MIN_IMAGES
+    if "onnxruntime" in candidates and workload * forward_macs(model, model.in_channels, image_size) < ONNX_MIN_MACS:
+        candidates.remove("onnxruntime")  # its export costs more than it could save; torch stays for fp32/bf16
+    if len(candidates) == 1 or small:
         pick = "torch" if "torch" in candidates else candidates[0]
         engine = build_engine(model, pick, precision, image_size=image_size, calibration=calib)
-        why = f"the only engine for {precision}" if len(candidates) == 1 else f"fewer than {AUTO_MIN_IMAGES:,} images"
+        why = (
+            f"the only engine worth measuring for {precision}"
+            if len(candidates) == 1
+            else f"fewer than {AUTO_MIN_IMAGES:,} images"
+        )
         return engine, f"{engine.name} ({why})"
-    if workload * forward_macs(model, model.in_channels, image_size) < ONNX_MIN_MACS and len(candidates) > 2:
-        candidates.remove("onnxruntime")
     best, timings = _fastest(
         model, candidates, precision, probe()[:PROBE_IMAGES], image_size=image_size, calibration=calib, log=log
     )

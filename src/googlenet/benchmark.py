@@ -480,8 +480,10 @@ def run_benchmark(
     opts: BenchmarkOptions, *, progress: bool = False, log: Callable[[str], None] = lambda _: None
 ) -> BenchmarkReport:
     unknown = set(opts.sections) - set(SECTIONS)
-    if unknown:
-        raise BenchmarkError(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if unknown or not opts.sections:
+        raise BenchmarkError(
+            f"sections must be a non-empty list of {', '.join(SECTIONS)}; got {', '.join(opts.sections) or 'none'}"
+        )
     device = torch.device(opts.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
