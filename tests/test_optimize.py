@@ -44,6 +44,29 @@ def test_optimized_model_equals_the_plain_one(name: str) -> None:
     assert float((low - expected).abs().max()) < 0.1 * float(expected.abs().max()) + 0.05
 
 
+def assert_same_training_step(fast: nn.Module, plain: nn.Module, x: torch.Tensor) -> None:
+    """One float64 training step of each model: logits, every gradient and every buffer (BatchNorm running
+    statistics) must agree. float64 because the two paths may sum in different orders, and float32 rounding
+    grows through 20 BatchNorm backwards."""
+    fast.double()
+    plain.double()
+    outputs = []
+    for model in (fast, plain):
+        model.train()
+        torch.manual_seed(1)  # the same dropout masks in both
+        logits, aux1, aux2 = model.forward_train(x.double())
+        loss = logits.square().mean() + aux1.square().mean() + aux2.square().mean()
+        loss.backward()
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-12)
+    grads = dict(plain.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-9, atol=1e-12, msg=name)
+    buffers = dict(plain.named_buffers())
+    for name, b in fast.named_buffers():
+        torch.testing.assert_close(b, buffers[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_merged_1x1_training_step_equals_the_separate_layers() -> None:
     """Training runs the three input-side 1x1 convs of each Inception as one; outputs, gradients and
     BatchNorm running statistics must be those of the separate layers."""
@@ -58,26 +81,27 @@ def test_merged_1x1_training_step_equals_the_separate_layers() -> None:
     for m in merged.modules():
         if isinstance(m, Inception):
             m._forward_merged = functools.partial(_counting, m._forward_merged, calls)  # type: ignore[method-assign]
-    # float64: the two paths sum in different orders, and float32 rounding grows through 20 BatchNorm backwards
-    merged.double()
-    separate.double()
-    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
-    outputs = []
-    for model in (merged, separate):
-        model.train()
-        torch.manual_seed(1)  # the same dropout masks in both
-        logits, aux1, aux2 = model.forward_train(x)
-        loss = logits.square().mean() + aux1.square().mean() + aux2.square().mean()
-        loss.backward()
-        outputs.append(logits)
+    assert_same_training_step(merged, separate, torch.randn(6, 1, 28, 28))
     assert len(calls) == 9  # every module took the merged path
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-12)
-    grads = dict(separate.named_parameters())
-    for name, p in merged.named_parameters():
-        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-9, atol=1e-12, msg=name)
-    buffers = dict(separate.named_buffers())
-    for name, b in merged.named_buffers():
-        torch.testing.assert_close(b, buffers[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_pooling_before_relu_in_the_stem_changes_nothing(name: str) -> None:
+    """Training pools the stem's pre-activations and applies ReLU after the pool; outputs, gradients and
+    running statistics must be those of the paper's order (ReLU, then pool)."""
+    spec = VARIANTS[name]
+    torch.manual_seed(0)
+    fast = create_model(name, num_classes=10, in_channels=spec.default_in_channels)
+    randomise_batchnorm(fast)
+    plain = copy.deepcopy(fast)
+    plain.pool_before_relu_in_training = False
+    pooled_first = []
+    fast.conv1.relu.register_forward_hook(lambda m, i, o: pooled_first.append(o.shape))
+    plain.conv1.relu.register_forward_hook(lambda m, i, o: pooled_first.append(o.shape))
+    size = 64 if spec.default_input_size == 224 else spec.default_input_size
+    assert_same_training_step(fast, plain, torch.randn(4, spec.default_in_channels, size, size))
+    # the hook saw the pooled (smaller) map in the fast model and the full map in the plain one
+    assert pooled_first[0][-1] < pooled_first[1][-1]
 
 
 def _counting(forward, calls, x):  # type: ignore[no-untyped-def]
