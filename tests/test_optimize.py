@@ -80,33 +80,34 @@ def test_merged_1x1_training_step_equals_the_separate_layers() -> None:
     calls = []
     for m in merged.modules():
         if isinstance(m, Inception):
-            m._forward_merged = functools.partial(_counting, m._forward_merged, calls)  # type: ignore[method-assign]
+            m._merged_branches = functools.partial(_counting, m._merged_branches, calls)  # type: ignore[method-assign]
     assert_same_training_step(merged, separate, torch.randn(6, 1, 28, 28))
     assert len(calls) == 9  # every module took the merged path
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_pooling_before_relu_in_the_stem_changes_nothing(name: str) -> None:
-    """Training pools the stem's pre-activations and applies ReLU after the pool; outputs, gradients and
-    running statistics must be those of the paper's order (ReLU, then pool)."""
+def test_pooling_before_relu_changes_nothing(name: str) -> None:
+    """Training pools the pre-activations of the stem's blocks and of Inception 3b and 4e, with ReLU after
+    the pool; outputs, gradients and running statistics must be those of the paper's order (ReLU, then pool)."""
     spec = VARIANTS[name]
     torch.manual_seed(0)
     fast = create_model(name, num_classes=10, in_channels=spec.default_in_channels)
     randomise_batchnorm(fast)
     plain = copy.deepcopy(fast)
     plain.pool_before_relu_in_training = False
-    pooled_first = []
-    fast.conv1.relu.register_forward_hook(lambda m, i, o: pooled_first.append(o.shape))
-    plain.conv1.relu.register_forward_hook(lambda m, i, o: pooled_first.append(o.shape))
+    negatives: dict[str, list[bool]] = {"fast": [], "plain": []}
+    for label, model in (("fast", fast), ("plain", plain)):
+        for pool in (model.maxpool1, model.maxpool3, model.maxpool4):
+            pool.register_forward_pre_hook(lambda m, i, seen=negatives[label]: seen.append(bool((i[0] < 0).any())))
     size = 64 if spec.default_input_size == 224 else spec.default_input_size
     assert_same_training_step(fast, plain, torch.randn(4, spec.default_in_channels, size, size))
-    # the hook saw the pooled (smaller) map in the fast model and the full map in the plain one
-    assert pooled_first[0][-1] < pooled_first[1][-1]
+    # the fast pools saw pre-activations: the stem's, then the four branches of 3b and of 4e one by one
+    assert negatives == {"fast": [True] * 9, "plain": [False] * 3}
 
 
-def _counting(forward, calls, x):  # type: ignore[no-untyped-def]
+def _counting(forward, calls, x, **kwargs):  # type: ignore[no-untyped-def]
     calls.append(1)
-    return forward(x)
+    return forward(x, **kwargs)
 
 
 def test_merged_path_is_skipped_where_it_would_differ() -> None:

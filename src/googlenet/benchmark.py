@@ -33,7 +33,7 @@ from googlenet.backends import (
     onnxruntime_engine,
     openvino_engine,
 )
-from googlenet.engine import training_loss
+from googlenet.engine import FUSED_SGD_DEVICES, training_loss
 from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet, create_model
 from googlenet.profile import forward_macs
@@ -263,9 +263,11 @@ def _train_step(
     torchvision_outputs: bool = False,
     compiled: bool = False,
 ) -> Callable[[], object]:
-    """One SGD step as `googlenet train` takes it (momentum 0.9, weight decay, aux loss 0.3)."""
+    """One SGD step as `googlenet train` takes it (momentum 0.9, weight decay, aux loss 0.3, the fused SGD
+    kernel). Peers get the same optimizer: the ratio measures the model, not the training loop."""
     model.to(x.device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    fused = x.device.type in FUSED_SGD_DEVICES
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4, fused=fused)
     loss_fn = torch.compile(training_loss) if compiled else training_loss
 
     def step() -> object:

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from googlenet.data import Batches
 from googlenet.model import GoogLeNet
 
+FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD has a fused kernel (fused=True)
+
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
     """bf16 autocast on CPU (AVX-512 bf16) or CUDA; nothing for fp32."""

@@ -212,8 +212,20 @@ class Inception(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # (N, C_in, H, W) -> (N, ch1x1 + ch3x3 + ch5x5 + pool_proj, H, W)
         if self.training and self.merge_1x1_in_training and self._mergeable():
-            return self._forward_merged(x)
+            return torch.cat(self._merged_branches(x, activate=True), 1)
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+    def pooled(self, x: Tensor, pool: nn.Module) -> Tensor:
+        """pool(forward(x)), computed as the ReLU of each branch's pooled pre-activations: the same values
+        and gradients (ReLU and max-pooling commute) with ReLU and the concatenation on the pooled size.
+        Pooling branch by branch, not the concatenation, hands each BatchNorm backward a whole gradient
+        tensor rather than a channel slice of one, which its CPU kernel runs several times slower."""
+        if self.training and self.merge_1x1_in_training and self._mergeable():
+            branches = self._merged_branches(x, activate=False)
+        else:
+            tails = [cast(ConvBlock, b[1]).pre_activation(b[0](x)) for b in (self.branch2, self.branch3, self.branch4)]
+            branches = [self.branch1.pre_activation(x), *tails]
+        return torch.cat([F.relu(pool(branch), inplace=True) for branch in branches], 1)
 
     # The three 1x1 convolutions that read the module's input (branch 1, the 3x3 and 5x5 reductions) can run
     # as one convolution with their weights stacked. BatchNorm is per channel, so one BatchNorm over the
@@ -239,7 +251,9 @@ class Inception(nn.Module):
                 return False
         return True
 
-    def _forward_merged(self, x: Tensor) -> Tensor:
+    def _merged_branches(self, x: Tensor, *, activate: bool) -> list[Tensor]:
+        """The four branch outputs, with the input-side 1x1 convs run as one; without the branches' last
+        ReLUs if not ``activate``."""
         blocks = self._reductions()
         bns = [cast(nn.BatchNorm2d, b.bn) for b in blocks]
         widths = [bn.num_features for bn in bns]
@@ -255,8 +269,17 @@ class Inception(nn.Module):
                 cast(Tensor, bn.running_mean).copy_(m)
                 cast(Tensor, bn.running_var).copy_(v)
                 cast(Tensor, bn.num_batches_tracked).add_(1)
-        b1, r3, r5 = torch.split(F.relu(y, inplace=True), widths, 1)
-        return torch.cat([b1, self.branch2[1](r3), self.branch3[1](r5), self.branch4(x)], 1)
+        if activate:
+            b1, r3, r5 = torch.split(F.relu(y, inplace=True), widths, 1)
+        else:  # branch 1's ReLU is left to the caller; the reductions feed convolutions and need theirs now
+            b1, reductions = torch.split(y, [widths[0], widths[1] + widths[2]], 1)
+            r3, r5 = torch.split(F.relu(reductions), widths[1:], 1)
+        tails = [cast(ConvBlock, b[1]) for b in (self.branch2, self.branch3, self.branch4)]
+        inputs = (r3, r5, self.branch4[0](x))
+        return [
+            b1,
+            *(block(t) if activate else block.pre_activation(t) for block, t in zip(tails, inputs, strict=True)),
+        ]
 
 
 class NaiveInception(nn.Module):
@@ -422,15 +445,17 @@ class GoogLeNet(nn.Module):
 
     # ReLU and max-pooling commute: both are monotone and the pooled maximum is one of the window's values.
     # The gradient is the same in either order too: the pool routes it to the same (first maximal) element,
-    # and when the maximum is not positive ReLU zeroes it either way. Pooling first (stride 2) lets ReLU and
-    # its backward pass touch a quarter of the elements, the largest tensors of the network; measured in
-    # `googlenet benchmark` (training section). Training only, so that hooks on the stem's blocks (Table 1,
-    # the MAC counter) see the layers in the paper's order. Set False to train in the paper's order.
+    # and when the maximum is not positive ReLU zeroes it either way. So each stride-2 pool (two in the stem,
+    # two after Inception 3b and 4e) takes the layer's pre-activations and ReLU runs after it, forward and
+    # backward on a quarter of the elements; measured in `googlenet benchmark` (training section). Training
+    # only, so that hooks (Table 1, the MAC counter) see the paper's order. Set False to train in that order.
     pool_before_relu_in_training: bool = True
 
-    def _block_then_pool(self, block: ConvBlock, pool: nn.Module, x: Tensor) -> Tensor:
+    def _block_then_pool(self, block: ConvBlock | Inception, pool: nn.Module, x: Tensor) -> Tensor:
         if self.training and self.pool_before_relu_in_training and isinstance(pool, nn.MaxPool2d):
-            return block.relu(pool(block.pre_activation(x)))
+            if isinstance(block, Inception):
+                return block.pooled(x, pool)
+            return F.relu(pool(block.pre_activation(x)), inplace=True)
         return pool(block(x))
 
     def _forward_features(self, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -443,12 +468,12 @@ class GoogLeNet(nn.Module):
             x = self._block_then_pool(self.conv3, self.maxpool2, x)  # (N, 192, 28, 28)
         else:
             x = self.maxpool2(self.lrn2(self.conv3(x)))
-        x = self.inception3b(self.inception3a(x))  # (N, 480, 28, 28)
-        x = self.inception4a(self.maxpool3(x))  # (N, 512, 14, 14)
+        x = self._block_then_pool(self.inception3b, self.maxpool3, self.inception3a(x))  # (N, 480, 14, 14)
+        x = self.inception4a(x)  # (N, 512, 14, 14)
         aux1 = self.aux1(x) if with_aux and self.aux1 is not None else None
         x = self.inception4d(self.inception4c(self.inception4b(x)))  # (N, 528, 14, 14)
         aux2 = self.aux2(x) if with_aux and self.aux2 is not None else None
-        x = self.maxpool4(self.inception4e(x))  # (N, 832, 7, 7)
+        x = self._block_then_pool(self.inception4e, self.maxpool4, x)  # (N, 832, 7, 7)
         x = self.inception5b(self.inception5a(x))  # (N, 1024, 7, 7)
         return x, aux1, aux2
 
