@@ -266,8 +266,12 @@ def select_engine(
     if default_device() == "cuda" and "torch" in candidates:
         engine = build_engine(model, "torch", precision, image_size=image_size)
         return engine, f"{engine.name} (a GPU is here)"
-    small = workload < AUTO_MIN_IMAGES
-    if "onnxruntime" in candidates and workload * forward_macs(model, model.in_channels, image_size) < ONNX_MIN_MACS:
+    small = workload < AUTO_MIN_IMAGES  # nothing is measured: no need to count the MACs below
+    if (
+        not small
+        and "onnxruntime" in candidates
+        and workload * forward_macs(model, model.in_channels, image_size) < ONNX_MIN_MACS
+    ):
         candidates.remove("onnxruntime")  # its export costs more than it could save; torch stays for fp32/bf16
     if len(candidates) == 1 or small:
         pick = "torch" if "torch" in candidates else candidates[0]

@@ -286,6 +286,13 @@ def _train_step(
     return step
 
 
+def _training_batch(opts: BenchmarkOptions) -> tuple[Tensor, Tensor]:
+    """Random ImageNet-shaped images (channels_last) and labels for the 224 px training section."""
+    device = torch.device(opts.device)
+    x = torch.randn(opts.train_batch, 3, opts.size, opts.size, device=device)
+    return x.contiguous(memory_format=torch.channels_last), torch.randint(0, 1000, (opts.train_batch,), device=device)
+
+
 def _training_cases(opts: BenchmarkOptions) -> list[Case]:
     import torchvision
 
@@ -297,10 +304,7 @@ def _training_cases(opts: BenchmarkOptions) -> list[Case]:
     ours.load_state_dict(peer.state_dict())
     ours = ours.to(memory_format=torch.channels_last)
     flops = 3 * 2.0 * forward_macs(ours, 3, opts.size, training=True)
-    device = torch.device(opts.device)
-    x = torch.randn(opts.train_batch, 3, opts.size, opts.size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (opts.train_batch,), device=device)
+    x, y = _training_batch(opts)
     cases = [
         Case(section, "torchvision eager bf16 + channels_last",
              _train_step(peer, x, y, bf16=True, torchvision_outputs=True), opts.train_batch, flops, peer=True),
@@ -443,7 +447,7 @@ PROFILE_KINDS = (
     ("BatchNorm (forward and backward)", ("batch_norm",)),
     ("max-pool (forward and backward)", ("max_pool",)),
     ("ReLU (forward and backward)", ("relu", "threshold", "clamp_min")),
-    ("concatenation, split, copies", ("cat", "split", "copy", "_to_copy", "narrow")),
+    ("concatenation, split, copies", ("cat", "split", "copy", "narrow")),
     ("optimizer and gradient sums", ("foreach", "add", "mul", "lerp", "sgd", "zero", "fill")),
 )
 
@@ -453,8 +457,9 @@ def profile_training_step(opts: BenchmarkOptions) -> dict[str, float]:
     how much is matrix work a faster kernel could shrink, and how much is memory-bound."""
     from torch.profiler import ProfilerActivity, profile
 
-    cases = _training_cases(dataclasses.replace(opts, compile=False))
-    step = cases[1].step  # ours
+    torch.manual_seed(0)
+    x, y = _training_batch(opts)
+    step = _train_step(create_model("torchvision", aux=True).to(memory_format=torch.channels_last), x, y, bf16=True)
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
