@@ -11,7 +11,12 @@ DEMO_OUT ?= runs/demo
 setup: $(STAMP)
 
 # torch and torchvision are pinned in pyproject.toml; pip takes them from the local disk where they lie.
+# torch's x86_64 build brings CUDA libraries: a new environment takes about 6.5 GB, so say so before pip runs out of room.
+NEED_KB := 7000000
+
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || [ "$$(df -Pk $(dir $(abspath $(VENV))) | awk 'NR==2 {print $$4}')" -ge $(NEED_KB) ] \
+		|| { echo "setup needs about 7 GB free disk for $(VENV) (torch with its CUDA libraries); only $$(df -Ph $(dir $(abspath $(VENV))) | awk 'NR==2 {print $$4}') free here" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
