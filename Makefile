@@ -15,8 +15,9 @@ setup: $(STAMP)
 NEED_KB := 7000000
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || [ "$$(df -Pk $(dir $(abspath $(VENV))) | awk 'NR==2 {print $$4}')" -ge $(NEED_KB) ] \
-		|| { echo "setup needs about 7 GB free disk for $(VENV) (torch with its CUDA libraries); only $$(df -Ph $(dir $(abspath $(VENV))) | awk 'NR==2 {print $$4}') free here" >&2; exit 1; }
+	@test -x $(BIN)/python || { free_kb=$$(df -Pk $(dir $(abspath $(VENV))) | awk 'NR==2 {print $$4}'); \
+		[ "$$free_kb" -ge $(NEED_KB) ] \
+		|| { echo "setup needs about 7 GB free disk for $(VENV) (torch with its CUDA libraries); only $$((free_kb / 1048576)) GB free" >&2; exit 1; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
