@@ -13,7 +13,7 @@ from typing import Any
 # torch.hub puts this folder on sys.path; the package itself lives under src/.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from googlenet.interop import from_torchvision
+from googlenet.deploy.interop import from_torchvision
 from googlenet.model import GoogLeNet, create_model
 
 dependencies = ["torch", "torchvision"]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from googlenet import create_model
-from googlenet.backends import (
+from googlenet.deploy.engines import (
     AUTO_MIN_IMAGES,
     BackendError,
     build_engine,

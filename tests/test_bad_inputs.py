@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from googlenet.cli import main
-from googlenet.config import Config
 from googlenet.model import create_model
+from googlenet.training.config import Config
 from helpers import make_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
@@ -200,7 +200,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
         lambda t, c: ["benchmark", "--sections", "speed"],
         r"sections must be a non-empty list of inference, training, fashion; got speed",
     ),
-    "benchmark-size-below-minimum": (lambda t, c: ["benchmark", "--size", "20"], r"below .* 47 px"),
+    "benchmark-size-below-minimum": (lambda t, c: ["benchmark", "--size", "10"], r"below .* 15 px"),
 }
 
 
@@ -325,7 +325,7 @@ def test_unusual_images_are_converted(
 
 
 def test_16_bit_images_keep_their_contrast(tmp_path: Path) -> None:
-    from googlenet.data import open_image
+    from googlenet.training.data import open_image
 
     path = tmp_path / "deep.png"
     CONVERTED_MODES["16-bit"]().save(path)
@@ -334,7 +334,7 @@ def test_16_bit_images_keep_their_contrast(tmp_path: Path) -> None:
 
 
 def test_real_grayscale_photographs_convert_to_rgb(shared_data: Path) -> None:
-    from googlenet.data import open_image
+    from googlenet.training.data import open_image
 
     for path in sorted((shared_data / "imagenet-sample").iterdir()):
         image = open_image(path, 3)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from googlenet.checkpoint import load_checkpoint
-from googlenet.config import load_config
-from googlenet.train import train
+from googlenet.training.checkpoint import load_checkpoint
+from googlenet.training.config import load_config
+from googlenet.training.loop import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
 
@@ -62,7 +62,7 @@ def test_two_processes_match_one_on_the_same_global_batch(fashion_root: Path, tm
     assert two["position"] == one["position"] == {"epoch": 1, "batch": 0, "step": 4}
     initial = load_config(CONFIG, settings(fashion_root))
     torch.manual_seed(initial.train.seed)
-    from googlenet.train import build_model
+    from googlenet.training.loop import build_model
 
     start = build_model(initial, 10, 1).state_dict()
     for name, tensor in one["state_dict"].items():
@@ -72,7 +72,7 @@ def test_two_processes_match_one_on_the_same_global_batch(fashion_root: Path, tm
 
 
 def test_batch_must_divide_among_processes(fashion_root: Path) -> None:
-    from googlenet.data import DataError, build_data
+    from googlenet.training.data import DataError, build_data
 
     config = load_config(CONFIG, settings(fashion_root))
     config.data.batch_size = 15
@@ -81,7 +81,7 @@ def test_batch_must_divide_among_processes(fashion_root: Path) -> None:
 
 
 def test_shards_partition_each_global_batch(fashion_root: Path) -> None:
-    from googlenet.data import build_data
+    from googlenet.training.data import build_data
 
     config = load_config(CONFIG, settings(fashion_root))
     whole = list(build_data(config.data, in_channels=0, seed=0).train.epoch(0))
@@ -109,7 +109,7 @@ def test_gradient_accumulation_matches_one_large_batch(fashion_root: Path, tmp_p
 
 
 def test_global_batch_must_be_a_multiple(fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.config import ConfigError
+    from googlenet.training.config import ConfigError
 
     config = load_config(CONFIG, [*settings(fashion_root), "train.global_batch=20"])
     with pytest.raises(ConfigError, match=r"must be a multiple of data\.batch_size=16"):

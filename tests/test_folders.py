@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from googlenet.checkpoint import load_checkpoint
-from googlenet.config import load_config
-from googlenet.evaluate import evaluate_checkpoint
-from googlenet.predict import predict_paths
-from googlenet.train import train
+from googlenet.evaluation.evaluate import evaluate_checkpoint
+from googlenet.evaluation.predict import predict_paths
+from googlenet.training.checkpoint import load_checkpoint
+from googlenet.training.config import load_config
+from googlenet.training.loop import train
 from helpers import COLOURS, make_folder
 
 

@@ -9,13 +9,13 @@ from PIL import Image
 from torch import nn
 
 from googlenet import count_parameters
-from googlenet.checkpoint import load_checkpoint, model_from_checkpoint
 from googlenet.cli import main
-from googlenet.config import load_config
-from googlenet.export import export_checkpoint, load_safetensors
-from googlenet.interop import from_torchvision, import_torchvision
-from googlenet.predict import predict_paths
-from googlenet.train import train
+from googlenet.deploy.export import export_checkpoint, load_safetensors
+from googlenet.deploy.interop import from_torchvision, import_torchvision
+from googlenet.evaluation.predict import predict_paths
+from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from googlenet.training.config import load_config
+from googlenet.training.loop import train
 from helpers import make_checkpoint, make_folder
 
 ROOT = Path(__file__).resolve().parents[1]

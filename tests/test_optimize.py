@@ -9,7 +9,7 @@ from torch import nn
 
 from googlenet import create_model
 from googlenet.model import VARIANTS, Inception
-from googlenet.optimize import MergedInception, optimize_for_inference
+from googlenet.speedups import MergedInception, optimize_for_inference
 
 
 def randomise_batchnorm(model: nn.Module) -> None:

@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from googlenet import checkpoint as checkpoint_module
-from googlenet.checkpoint import load_checkpoint, save_checkpoint
-from googlenet.config import Config, ConfigError, load_config
-from googlenet.data import Preprocessing, TensorBatches
-from googlenet.train import train
+from googlenet.training import checkpoint as checkpoint_module
+from googlenet.training.checkpoint import load_checkpoint, save_checkpoint
+from googlenet.training.config import Config, ConfigError, load_config
+from googlenet.training.data import Preprocessing, TensorBatches
+from googlenet.training.loop import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
 RUN = [
@@ -129,7 +129,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path: Path, monke
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.train import TrainingDiverged
+    from googlenet.training.loop import TrainingDiverged
 
     good = train(load_config(CONFIG, [*run_args(fashion_root), "train.epochs=1"]), tmp_path, log=lambda _: None)
     saved = load_checkpoint(good.last_checkpoint)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from googlenet.config import ScheduleConfig
-from googlenet.schedule import lr_factor
+from googlenet.training.config import ScheduleConfig
+from googlenet.training.schedule import lr_factor
 
 
 def test_paper_schedule_drops_4_percent_every_8_epochs() -> None:

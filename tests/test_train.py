@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from googlenet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from googlenet.cli import main
-from googlenet.config import Config, load_config
-from googlenet.data import build_data, load_fashion_mnist
-from googlenet.engine import evaluate, training_loss
-from googlenet.evaluate import evaluate_checkpoint
-from googlenet.predict import predict_paths
-from googlenet.report import write_report
-from googlenet.train import TrainingDiverged, build_model, ema_with_warmup, train
+from googlenet.evaluation.evaluate import evaluate_checkpoint
+from googlenet.evaluation.metrics import evaluate, training_loss
+from googlenet.evaluation.predict import predict_paths
+from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from googlenet.training.config import Config, load_config
+from googlenet.training.data import build_data, load_fashion_mnist
+from googlenet.training.loop import TrainingDiverged, build_model, ema_with_warmup, train
+from googlenet.viz.report import write_report
 
 TINY = [
     "data.train_subset=96",
@@ -137,7 +137,7 @@ def test_predict_matches_evaluation_inputs(fashion_root: Path, finished_run: Pat
     images, _, _ = load_fashion_mnist(fashion_root, train=False, allow_download=False)
     Image.fromarray(images[0].numpy()).save(tmp_path / "zero.png")
     config = tiny_config(fashion_root)
-    from googlenet.data import fashion_mnist_test
+    from googlenet.training.data import fashion_mnist_test
 
     x, _ = next(fashion_mnist_test(config.data, prep, allow_download=False).epoch(0))
     with torch.no_grad():
@@ -190,7 +190,7 @@ def test_cli_evaluate_and_predict(
 def test_evaluate_helper_counts(finished_run: Path, fashion_root: Path) -> None:
     model, prep, names = model_from_checkpoint(load_checkpoint(finished_run / "checkpoints" / "best.pt"))
     config = tiny_config(fashion_root)
-    from googlenet.data import eval_split
+    from googlenet.training.data import eval_split
 
     split = eval_split(config.data, prep, "val", 0)
     result = evaluate(model, split, len(names))

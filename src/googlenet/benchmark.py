@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from googlenet.backends import (
+from googlenet.deploy.engines import (
     Engine,
     build_engine,
     engine_choices,
@@ -33,10 +33,10 @@ from googlenet.backends import (
     onnxruntime_engine,
     openvino_engine,
 )
-from googlenet.engine import FUSED_SGD_DEVICES, training_loss
 from googlenet.errors import GoogLeNetError
-from googlenet.model import GoogLeNet, create_model
-from googlenet.profile import forward_macs
+from googlenet.evaluation.metrics import FUSED_SGD_DEVICES, training_loss
+from googlenet.macs import forward_macs
+from googlenet.model import GoogLeNet, create_model, get_variant
 
 SECTIONS = ("inference", "training", "fashion")
 
@@ -192,7 +192,7 @@ def _compiled_bf16(model: GoogLeNet, example: Tensor) -> Callable[[Tensor], Tens
     """Our optimized graph with bf16 weights through Inductor with frozen (constant-folded, prepacked) weights."""
     import torch._inductor.config as inductor
 
-    from googlenet.optimize import optimize_for_inference
+    from googlenet.speedups import optimize_for_inference
 
     inductor.freezing = True
     fast = optimize_for_inference(model).to(example.device, torch.bfloat16)
@@ -413,10 +413,10 @@ def _rows(cases: list[Case], roof: float) -> list[Row]:
 def agreement_on_test(checkpoint: str, engines: list[str], log: Callable[[str], None]) -> list[Agreement]:
     """Each reduced-precision or external engine against our fp32 PyTorch model on the checkpoint's test split:
     accuracy and the share of identical top-1 answers. int8 is calibrated as `evaluate` does."""
-    from googlenet.checkpoint import load_checkpoint, model_from_checkpoint
-    from googlenet.config import config_from_dict
-    from googlenet.data import eval_split
-    from googlenet.evaluate import calibration_batches
+    from googlenet.evaluation.evaluate import calibration_batches
+    from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from googlenet.training.config import config_from_dict
+    from googlenet.training.data import eval_split
 
     payload = load_checkpoint(checkpoint)
     model, prep, _ = model_from_checkpoint(payload)
@@ -491,6 +491,9 @@ def run_benchmark(
         raise BenchmarkError(
             f"sections must be a non-empty list of {', '.join(SECTIONS)}; got {', '.join(opts.sections) or 'none'}"
         )
+    smallest = get_variant("torchvision").min_input_size  # the --size sections run the torchvision layout
+    if opts.size < smallest:
+        raise BenchmarkError(f"--size {opts.size} is below the torchvision graph's smallest input, {smallest} px")
     device = torch.device(opts.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -14,8 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
+from googlenet.macs import profile_modules, sum_macs
 from googlenet.model import ConvBlock, GoogLeNet, Inception, NaiveInception, count_parameters, create_model
-from googlenet.profile import profile_modules, sum_macs
 
 BRANCHES = ("branch1", "branch2", "branch3", "branch4")
 BRANCH_LABELS = ("1x1", "3x3", "5x5", "pool")

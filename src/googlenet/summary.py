@@ -15,8 +15,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from googlenet.macs import LayerProfile, profile_modules, sum_macs
 from googlenet.model import AuxHead, ConvBlock, GoogLeNet, Inception, NaiveInception, create_model
-from googlenet.profile import LayerProfile, profile_modules, sum_macs
 
 # The params and ops columns of the paper's Table 1, as printed. The paper's K for parameters is 1024
 # (the 3x3 stem row: 64 + 110,592 = 114,688 weights = 112 x 1024; the classifier: 1,024,000 = 1000 x 1024);

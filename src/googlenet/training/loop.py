@@ -26,14 +26,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from googlenet.checkpoint import atomic_write, load_checkpoint, preferred_state, save_checkpoint
-from googlenet.config import Config, ConfigError, apply_overrides, config_from_dict
-from googlenet.data import DataBundle, Preprocessing, build_data
-from googlenet.distributed import DistInfo, any_rank, barrier, from_environment, initialise, shutdown
-from googlenet.engine import FUSED_SGD_DEVICES, EvalResult, TrainForward, autocast, evaluate, to_device, training_loss
 from googlenet.errors import GoogLeNetError
+from googlenet.evaluation.metrics import (
+    FUSED_SGD_DEVICES,
+    EvalResult,
+    TrainForward,
+    autocast,
+    evaluate,
+    to_device,
+    training_loss,
+)
+from googlenet.files import atomic_write_text
 from googlenet.model import GoogLeNet, create_model, get_variant
-from googlenet.schedule import lr_factor
+from googlenet.training.checkpoint import load_checkpoint, preferred_state, save_checkpoint
+from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
+from googlenet.training.data import DataBundle, Preprocessing, build_data
+from googlenet.training.distributed import DistInfo, any_rank, barrier, from_environment, initialise, shutdown
+from googlenet.training.schedule import lr_factor
 
 Log = Callable[[str], None]
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.max_steps", "train.max_minutes"})
@@ -242,6 +251,17 @@ def train(
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(threads)
         shutdown(info)
+
+
+def resume(
+    out_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = False, log: Log = print
+) -> TrainResult:
+    """Continue the run in ``out_dir`` from its last.pt under its own config; ``overrides`` may change only how
+    long it runs (train.epochs, train.max_steps, train.max_minutes)."""
+    payload = load_checkpoint(Path(out_dir) / "checkpoints" / "last.pt")
+    config = config_from_dict(payload["config"])
+    apply_overrides(config, overrides or [], allowed=RESUMABLE_KEYS)
+    return train(config, out_dir, resume=True, progress=progress, log=log)
 
 
 def _train(
@@ -558,7 +578,7 @@ def _write_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
     # Rewritten whole from the history that travels in the checkpoint, atomically: a run killed between
     # writing metrics and its checkpoint never ends up with a duplicated or half-written line.
     text = "".join(json.dumps(entry) + "\n" for entry in history)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
 
 
 def _tensorboard(path: Path) -> Any:

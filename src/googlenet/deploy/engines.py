@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from googlenet.errors import GoogLeNetError
+from googlenet.macs import forward_macs
 from googlenet.model import GoogLeNet
-from googlenet.optimize import optimize_for_inference
-from googlenet.profile import forward_macs
+from googlenet.speedups import optimize_for_inference
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -143,7 +143,7 @@ def onnxruntime_engine(graph: nn.Module, example: Tensor) -> Engine:
     """``graph`` (any eval-mode module: ours optimized, or a peer's) exported to ONNX and run by ONNX Runtime."""
     import onnxruntime
 
-    from googlenet.export import write_onnx
+    from googlenet.deploy.export import write_onnx
 
     folder = tempfile.TemporaryDirectory(prefix="googlenet-ort-")
     path = Path(folder.name) / "model.onnx"

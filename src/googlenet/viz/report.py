@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from googlenet.checkpoint import atomic_write, load_checkpoint
-from googlenet.data import DataError
-from googlenet.plots import curves_png
+from googlenet.files import atomic_write_text
+from googlenet.training.checkpoint import load_checkpoint
+from googlenet.training.data import DataError
+from googlenet.viz.plots import curves_png
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:
@@ -95,5 +96,5 @@ def write_report(run: str | Path) -> Path:
         *_evaluations(run),
     ]
     path = run / "report.md"
-    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from googlenet.data import Batches
 from googlenet.model import GoogLeNet
+from googlenet.training.data import Batches
 
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD has a fused kernel (fused=True)
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 from torch import Tensor
 
-from googlenet.checkpoint import atomic_write
+from googlenet.files import atomic_write
 
 
 def _save(fig: Any, path: str | Path) -> None:

@@ -11,12 +11,13 @@ from typing import Any
 from torch import Tensor
 from tqdm import tqdm
 
-from googlenet.backends import check_choice, select_engine
-from googlenet.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
-from googlenet.config import Config, config_from_dict
-from googlenet.data import Preprocessing, eval_split
-from googlenet.engine import EvalResult, evaluate
-from googlenet.plots import confusion_png
+from googlenet.deploy.engines import check_choice, select_engine
+from googlenet.evaluation.metrics import EvalResult, evaluate
+from googlenet.files import atomic_write_text
+from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from googlenet.training.config import Config, config_from_dict
+from googlenet.training.data import Preprocessing, eval_split
+from googlenet.viz.plots import confusion_png
 
 
 @dataclass
@@ -110,7 +111,7 @@ def evaluate_checkpoint(
     )
     text = json.dumps(report.as_dict(), indent=2)
     for path in {report.json_path, *([Path(json_path)] if json_path else [])}:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write_text(path, text)
     title = f"{split}: top-1 {result.top1:.4f} over {result.num_samples:,} images"
     confusion_png(result.confusion, class_names, report.confusion_path, title)
     return report

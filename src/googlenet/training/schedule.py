@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from googlenet.config import ScheduleConfig
+from googlenet.training.config import ScheduleConfig
 
 
 def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig) -> float:

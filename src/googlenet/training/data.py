@@ -28,8 +28,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms
 
-from googlenet.config import DataConfig
 from googlenet.errors import GoogLeNetError
+from googlenet.training.config import DataConfig
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = (

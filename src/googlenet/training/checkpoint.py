@@ -6,18 +6,17 @@ export), and everything needed to resume training exactly (optimizer, EMA, RNG s
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from googlenet.data import Preprocessing
 from googlenet.errors import GoogLeNetError
+from googlenet.files import atomic_write
 from googlenet.model import GoogLeNet, create_model, list_models
+from googlenet.training.data import Preprocessing
 
 FORMAT = "googlenet-checkpoint"
 FORMAT_VERSION = 1
@@ -25,21 +24,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(GoogLeNetError):
     """A checkpoint that is missing, unreadable, unsafe or of an unknown kind."""
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it over ``path``: a crash or
-    full disk mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

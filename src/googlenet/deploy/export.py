@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from googlenet.checkpoint import CheckpointError, atomic_write, load_checkpoint, model_from_checkpoint
-from googlenet.data import Preprocessing, collect_images
+from googlenet.deploy.interop import payload_for_model
 from googlenet.errors import GoogLeNetError
-from googlenet.interop import payload_for_model
+from googlenet.files import atomic_write
 from googlenet.model import GoogLeNet, create_model
-from googlenet.optimize import optimize_for_inference
+from googlenet.speedups import optimize_for_inference
+from googlenet.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from googlenet.training.data import Preprocessing, collect_images
 
 FORMATS = ("onnx", "torch-export", "safetensors")
 METADATA_KEY = "googlenet"

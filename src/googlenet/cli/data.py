@@ -1,0 +1,37 @@
+"""`googlenet data inspect|prepare`: look at an image folder, or put Fashion-MNIST where training reads it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from googlenet.cli.common import Commands
+
+
+def register(commands: Commands) -> None:
+    data = commands.group("data", "look at or prepare data")
+    inspect = data.add("inspect", run_inspect, "per-class counts, sizes, modes, unreadable files, sample grid")
+    inspect.add_argument("folder", help="an image folder with one sub-folder per class")
+    inspect.add_argument("--grid", help="where to write the sample grid PNG (default: ./FOLDERNAME-samples.png)")
+    inspect.add_argument("--no-progress", action="store_true")
+    prepare = data.add("prepare", run_prepare, "put Fashion-MNIST where training reads it")
+    prepare.add_argument("--root", default="data", help="data root (default: data)")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from googlenet.cli.common import progress_wanted
+    from googlenet.training.data_inspect import format_inspection, inspect_folder, sample_grid_png
+
+    result = inspect_folder(args.folder, progress=progress_wanted(args))
+    print(format_inspection(result))
+    grid = Path(args.grid) if args.grid else Path(f"{Path(args.folder).resolve().name}-samples.png")
+    sample_grid_png(result, grid)
+    print(f"wrote {grid}")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from googlenet.training.data import ensure_fashion_mnist
+
+    print(f"Fashion-MNIST ready in {ensure_fashion_mnist(args.root)}")
+    return 0

@@ -1,0 +1,1 @@
+"""Deployment: inference engines (PyTorch, ONNX Runtime, OpenVINO), export formats and torchvision interop."""

@@ -1,0 +1,1 @@
+"""Training: config, data, schedule, the loop, checkpoints and multi-process runs."""

@@ -1,0 +1,1 @@
+"""Figures and run reports (matplotlib: the [viz] extra)."""
