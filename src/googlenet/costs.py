@@ -1,8 +1,9 @@
 """Why the 1x1 reductions matter: naive vs reduced Inception cost, recomputed from live modules.
 
 Every figure is measured on modules built here (on the meta device, so no arithmetic is spent): the
-naive module of the paper's Figure 2a for each Inception module of the network, the seeds' worked
-examples, VGG-16 from torchvision for the parameter ratio, and the published parameter totals.
+naive module of the paper's Figure 2a for each Inception module of the network, the two textbook
+calculations of what a 1x1 reduction saves, VGG-16 from torchvision for the parameter ratio, and the
+parameter totals that circulate for GoogLeNet.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ class ModuleCost:
 
 @dataclass
 class WorkedExample:
-    """One of the seeds' hand calculations, redone on live layers."""
+    """A textbook hand calculation of what a 1x1 reduction saves, redone on live layers."""
 
     description: str
     naive: int
     reduced: int
     unit: str  # "multiply-adds" or "weights"
-    quoted: str  # what the seeds say, for comparison
+    quoted: str  # the figure as usually quoted, for comparison
 
 
 @dataclass
@@ -76,7 +77,7 @@ class CostReport:
 
 
 def _weights(module: nn.Module) -> int:
-    """Conv weights only (no biases, no BatchNorm): the unit of the seeds' weight arithmetic."""
+    """Conv weights only (no biases, no BatchNorm): the unit of the usual hand calculation."""
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
@@ -114,7 +115,7 @@ def module_costs(model: GoogLeNet, input_size: int) -> list[ModuleCost]:
 
 
 def worked_examples() -> list[WorkedExample]:
-    """The seeds' two hand calculations of what a 1x1 reduction saves."""
+    """Two hand calculations of what a 1x1 reduction saves: the 5x5 branches of Inception 3a and 4b."""
     with torch.device("meta"):
         naive_5x5 = ConvBlock(192, 32, 5, padding=2)
         reduced_5x5 = nn.Sequential(ConvBlock(192, 16, 1), ConvBlock(16, 32, 5, padding=2))
@@ -231,12 +232,13 @@ def format_text(report: CostReport, markdown: bool = False) -> str:
         f"({total_naive / total_reduced:.1f}x). A naive module's pool branch passes every input channel on, so "
         "widths only grow (see 'naive out C').",
         "",
-        "Worked examples (the seeds' arithmetic, recomputed on live layers):",
+        "Worked examples (the 5x5 branches of Inception 3a and 4b, as usually calculated by hand; recomputed on "
+        "live layers):",
     ]
     for e in report.examples:
         out.append(
             f"{bullet}{e.description}: {e.naive:,} vs {e.reduced:,} {e.unit} "
-            f"({e.naive / e.reduced:.1f}x fewer; quoted: {e.quoted})"
+            f"({e.naive / e.reduced:.1f}x fewer; usually quoted as {e.quoted})"
         )
     out += [
         "",
