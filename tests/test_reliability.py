@@ -20,7 +20,7 @@ from googlenet.training import checkpoint as checkpoint_module
 from googlenet.training.checkpoint import load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, load_config
 from googlenet.training.data import Preprocessing, TensorBatches
-from googlenet.training.loop import train
+from googlenet.training.loop import resume, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
 RUN = [
@@ -88,7 +88,7 @@ def test_kill_9_at_a_random_step_then_resume_is_bit_identical(
     assert process.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(last)["position"]
     assert killed_at["step"] < 9, f"killed too late to test anything (delay {delay:.2f} s)"
-    resumed = train(Config(), tmp_path, resume=True, log=lambda _: None)
+    resumed = resume(tmp_path, log=lambda _: None)
     assert resumed.stopped == "finished" and resumed.step == 9
     final = load_checkpoint(last)
     assert_same_weights(reference, final)
@@ -106,7 +106,7 @@ def test_sigterm_saves_and_exits_cleanly(fashion_root: Path, reference: dict[str
         pytest.skip("the run finished before the signal arrived")
     assert process.returncode == 130 and "Traceback" not in err
     assert "resume with 'googlenet train --resume" in err
-    train(Config(), tmp_path, resume=True, log=lambda _: None)
+    resume(tmp_path, log=lambda _: None)
     assert_same_weights(reference, load_checkpoint(tmp_path / "checkpoints" / "last.pt"))
 
 
@@ -140,7 +140,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(fashion_root: Path, tmp_path: P
     payload["config"]["train"]["save_every_steps"] = 0
     save_checkpoint(good.last_checkpoint, payload)
     with pytest.raises(TrainingDiverged, match="the last good checkpoint is kept"):
-        train(Config(), tmp_path, resume=True, resume_overrides=["train.epochs=3"], log=lambda _: None)
+        resume(tmp_path, ["train.epochs=3"], log=lambda _: None)
     after = load_checkpoint(good.last_checkpoint)
     assert after["position"] == saved["position"]
     assert all(torch.equal(after["state_dict"][k], saved["state_dict"][k]) for k in saved["state_dict"])
@@ -202,5 +202,8 @@ def test_typed_values_are_accepted_or_refused_by_name(key: str, value: object) -
     except ConfigError as error:
         assert key in str(error) or "section.key=value" in str(error)
     else:
+        # Accepted: the value arrived as typed, in the key's own type (no silent default, no coercion of text).
         section, name = key.split(".")
-        assert getattr(getattr(config, section), name) is not None
+        parsed = getattr(getattr(config, section), name)
+        assert type(parsed) is type(getattr(getattr(Config(), section), name))
+        assert parsed == value

@@ -10,12 +10,14 @@ from PIL import Image
 
 from googlenet.cli import main
 from googlenet.evaluation.evaluate import evaluate_checkpoint
-from googlenet.evaluation.metrics import evaluate, training_loss
+from googlenet.evaluation.metrics import evaluate
 from googlenet.evaluation.predict import predict_paths
 from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from googlenet.training.config import Config, load_config
 from googlenet.training.data import build_data, load_fashion_mnist
-from googlenet.training.loop import TrainingDiverged, build_model, ema_with_warmup, train
+from googlenet.training.loop import TrainingDiverged, build_model, resume, train
+from googlenet.training.loss import training_loss
+from googlenet.training.optim import ema_with_warmup
 from googlenet.viz.report import write_report
 
 TINY = [
@@ -81,7 +83,7 @@ def test_resume_after_n_steps_is_bit_identical(fashion_root: Path, finished_run:
     for group in payload["optimizer"]["param_groups"]:
         group["fused"] = None  # as written by an optimizer without the fused kernel (an older run, another device)
     save_checkpoint(last, payload)
-    resumed = train(Config(), tmp_path, resume=True, resume_overrides=["train.max_steps=0"], log=quiet)
+    resumed = resume(tmp_path, ["train.max_steps=0"], log=quiet)
     assert resumed.stopped == "finished" and resumed.step == 6
     a = load_checkpoint(finished_run / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "checkpoints" / "last.pt")

@@ -27,7 +27,7 @@ def writable_dir(folder: str | Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"cannot write to {folder}: {error.strerror or error}") from None
+        raise OutputError(f"cannot write to output folder {folder}: {error.strerror or error}") from None
     return folder
 
 

@@ -32,7 +32,10 @@ def register(commands: Commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from googlenet.benchmark import BenchmarkOptions, format_report, run_benchmark
-    from googlenet.files import atomic_write_text
+    from googlenet.files import atomic_write_text, writable_dir
+
+    if args.json:
+        writable_dir(Path(args.json).parent)  # before minutes of measuring, not after
 
     options = BenchmarkOptions(
         batch=args.batch,

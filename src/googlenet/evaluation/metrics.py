@@ -1,8 +1,7 @@
-"""Loss, one training step and evaluation: pure functions over a model and batches."""
+"""Evaluation over batches: top-1, top-5, loss, per-class accuracy and the confusion matrix."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -10,52 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from googlenet.model import GoogLeNet
 from googlenet.training.data import Batches
-
-FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD has a fused kernel (fused=True)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CPU (AVX-512 bf16) or CUDA; nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(x: Tensor, y: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
-class TrainForward(nn.Module):
-    """The training forward pass as a module's forward(): what DistributedDataParallel wraps, since DDP
-    synchronises gradients only for calls that go through forward()."""
-
-    def __init__(self, model: GoogLeNet, use_aux: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.use_aux = use_aux and model.has_aux
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        return self.model.forward_train(x) if self.use_aux else (self.model(x), None, None)
-
-
-def training_loss(
-    model: nn.Module, x: Tensor, y: Tensor, *, aux_weight: float, label_smoothing: float
-) -> tuple[Tensor, Tensor]:
-    """(total loss, main logits): the main loss plus aux_weight x each auxiliary loss, as the paper.
-    ``model`` is a GoogLeNet or a (possibly DDP-wrapped) TrainForward."""
-    if isinstance(model, GoogLeNet):
-        model = TrainForward(model, use_aux=aux_weight > 0)
-    logits, aux1, aux2 = model(x)
-    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    for aux in (aux1, aux2):
-        if aux is not None:
-            loss = loss + aux_weight * F.cross_entropy(aux, y, label_smoothing=label_smoothing)
-    return loss, logits
+from googlenet.training.device import autocast, to_device
 
 
 @dataclass

@@ -76,6 +76,7 @@ class TrainConfig:
     precision: str = "bf16"  # "fp32" or "bf16" (autocast on CPU, AMP on CUDA)
     channels_last: bool = True
     compile: bool = False
+    speedups: bool = True  # exact module swaps for a faster step (googlenet.speedups); false: the plain model
     ema_decay: float = 0.999  # exponential moving average of the weights; 0 = off
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int = 0  # torch CPU threads; 0 = torch's default

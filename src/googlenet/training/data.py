@@ -134,9 +134,11 @@ class DataBundle:
 
 
 def _generator(*seeds: int) -> torch.Generator:
-    # One generator per (seed, epoch, batch): any batch can be regenerated exactly, e.g. on resume.
+    # One generator per (seed, epoch, batch): any batch can be regenerated exactly, e.g. on resume. NumPy's
+    # SeedSequence mixes the tuple into one well-spread 64-bit seed, the same on every Python and machine.
     g = torch.Generator()
-    g.manual_seed(hash(tuple(seeds)) % (2**63))
+    entropy = [s % 2**64 for s in seeds]  # -1 names the train/validation split's own stream
+    g.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]))
     return g
 
 

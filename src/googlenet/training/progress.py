@@ -1,0 +1,69 @@
+"""What a person watching a run sees: a progress bar per epoch and the running statistics behind it.
+
+Kept apart from the data: the batches are a plain iterator, and the loop tells this bar what happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+from tqdm import tqdm
+
+
+@dataclass
+class EpochStats:
+    """Running training loss, accuracy and speed over the batches of one epoch."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0  # time in the forward and backward passes, not in reading data
+
+    def add(self, loss: float, logits: Tensor, y: Tensor, seconds: float) -> None:
+        batch = int(y.numel())
+        self.loss_sum += loss * batch
+        self.correct += int((logits.argmax(1) == y).sum())
+        self.seen += batch
+        self.seconds += seconds
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "train_loss": self.loss_sum / max(self.seen, 1),
+            "train_top1": self.correct / max(self.seen, 1),
+            "img_per_s": self.seen / max(self.seconds, 1e-9),
+        }
+
+
+class EpochBar:
+    """A tqdm bar over one epoch's batches; does nothing when disabled (not a terminal, or --no-progress)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def start(self, epoch: int, epochs: int, batches: int, done: int) -> None:
+        self.close()
+        self._bar = tqdm(
+            total=batches,
+            initial=done,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=not self.enabled,
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+    def batch_done(self) -> None:
+        self._bar.update(1)
+
+    def show(self, stats: EpochStats, lr: float) -> None:
+        s = stats.as_dict()
+        self._bar.set_postfix(
+            loss=f"{s['train_loss']:.3f}", acc=f"{s['train_top1']:.3f}", img_s=f"{s['img_per_s']:.0f}", lr=f"{lr:.3g}"
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
