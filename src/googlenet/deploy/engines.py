@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from googlenet.errors import GoogLeNetError
+from googlenet.extras import MissingExtraError, install_hint, require
 from googlenet.macs import forward_macs
 from googlenet.model import GoogLeNet
 from googlenet.speedups import optimize_for_inference
@@ -60,8 +61,21 @@ class Engine:
         return self.run(x)
 
 
+# The packages each engine imports; all but torch come with the [deploy] extra. ONNX Runtime's engine first
+# exports the graph to ONNX, which torch's exporter does with onnx and onnxscript.
+MODULES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnxruntime": ("onnxruntime", "onnx", "onnxscript"),
+    "openvino": ("openvino",),
+}
+
+
+def _missing(backend: str) -> list[str]:
+    return [m for m in MODULES[backend] if importlib.util.find_spec(m) is None]
+
+
 def installed_backends() -> list[str]:
-    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+    return [b for b in BACKENDS if not _missing(b)]
 
 
 def engine_choices(backends: Iterable[str]) -> list[tuple[str, str]]:
@@ -79,8 +93,10 @@ def check_backend(backend: str, precision: str) -> None:
     if precision not in SUPPORTED[backend]:
         able = [b for b in BACKENDS if precision in SUPPORTED[b]]
         raise BackendError(f"{backend} cannot run {precision}; use --backend {' or '.join(able)}")
-    if backend not in installed_backends():
-        raise BackendError(f"{backend} is not installed; pip install -e . installs it, or choose another backend")
+    if missing := _missing(backend):
+        raise MissingExtraError(
+            f"--backend {backend} needs the [deploy] extra ({missing[0]} is not installed): {install_hint('deploy')}"
+        )
 
 
 def check_choice(backend: str, precision: str) -> None:
@@ -90,7 +106,10 @@ def check_choice(backend: str, precision: str) -> None:
     elif precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     elif not any(precision in SUPPORTED[b] for b in installed_backends()):
-        raise BackendError(f"no installed backend runs {precision}")
+        able = " or ".join(b for b in BACKENDS if precision in SUPPORTED[b])
+        raise MissingExtraError(
+            f"--precision {precision} needs {able}, from the [deploy] extra (not installed): {install_hint('deploy')}"
+        )
 
 
 def build_engine(
@@ -141,9 +160,9 @@ def _torch_engine(model: GoogLeNet, precision: str, device: torch.device) -> Eng
 
 def onnxruntime_engine(graph: nn.Module, example: Tensor) -> Engine:
     """``graph`` (any eval-mode module: ours optimized, or a peer's) exported to ONNX and run by ONNX Runtime."""
-    import onnxruntime
-
     from googlenet.deploy.export import write_onnx
+
+    onnxruntime = require("onnxruntime", "deploy", "the onnxruntime engine")
 
     folder = tempfile.TemporaryDirectory(prefix="googlenet-ort-")
     path = Path(folder.name) / "model.onnx"
@@ -168,8 +187,7 @@ def openvino_engine(
     ``precision``; int8 is quantized by NNCF with ``calibration``."""
     import warnings
 
-    import openvino
-
+    openvino = require("openvino", "deploy", "the openvino engine")
     with warnings.catch_warnings():  # tracing warnings about shape checks in forward(): harmless here
         warnings.simplefilter("ignore")
         graph = openvino.convert_model(module, example_input=example)
@@ -195,8 +213,7 @@ def _quantize(graph: Any, calibration: Iterable[Tensor]) -> Any:
     where the CPU has int8 kernels), its ranges set from the calibration batches."""
     import logging
 
-    import nncf
-
+    nncf = require("nncf", "deploy", "int8 quantization")
     logging.getLogger("nncf").setLevel(logging.ERROR)  # its progress bars and notices would swamp ours
     batches = [x.float().numpy() for x in calibration]
     if not batches:

@@ -16,13 +16,20 @@ from torch import Tensor
 
 from googlenet.deploy.interop import payload_for_model
 from googlenet.errors import GoogLeNetError
-from googlenet.files import atomic_write
+from googlenet.extras import require
+from googlenet.files import atomic_write, writable_dir
 from googlenet.model import GoogLeNet, create_model
 from googlenet.speedups import optimize_for_inference
 from googlenet.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from googlenet.training.data import Preprocessing, collect_images
 
 FORMATS = ("onnx", "torch-export", "safetensors")
+# What each format needs beyond the core install, all from the [deploy] extra (ONNX files are checked by ONNX Runtime).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),
+    "torch-export": (),
+    "safetensors": ("safetensors",),
+}
 METADATA_KEY = "googlenet"
 
 
@@ -67,6 +74,9 @@ def export_checkpoint(
 ) -> ExportResult:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    for module in NEEDS[fmt]:  # before the checkpoint is read: say what is missing at once
+        require(module, "deploy", f"export --format {fmt}")
+    writable_dir(Path(out).parent)  # before minutes of exporting, not after
     model, prep, names = model_from_checkpoint(load_checkpoint(checkpoint))
     inputs, real = _check_inputs(model, prep, check_images)
     with torch.no_grad():
@@ -94,6 +104,8 @@ def export_checkpoint(
 
 def write_onnx(model: torch.nn.Module, example: Tensor, out: str | Path) -> None:
     """Write ``model`` as ONNX (dynamo exporter) with a dynamic batch axis, atomically."""
+    for module in ("onnx", "onnxscript"):  # torch's dynamo exporter builds the graph with them
+        require(module, "deploy", "ONNX export")
     batch = torch.export.Dim("batch", min=1, max=4096)
 
     def write(tmp: str) -> None:
@@ -114,8 +126,7 @@ def write_onnx(model: torch.nn.Module, example: Tensor, out: str | Path) -> None
 
 
 def _export_onnx(model: GoogLeNet, example: Tensor, out: Path, inputs: Tensor) -> Tensor:
-    import onnxruntime
-
+    onnxruntime = require("onnxruntime", "deploy", "export --format onnx")
     write_onnx(model, example, out)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"images": inputs.numpy()})
@@ -123,8 +134,7 @@ def _export_onnx(model: GoogLeNet, example: Tensor, out: Path, inputs: Tensor) -
 
 
 def save_safetensors(model: GoogLeNet, prep: Preprocessing, class_names: list[str], out: str | Path) -> None:
-    from safetensors.torch import save_file
-
+    save_file = require("safetensors.torch", "deploy", "safetensors export").save_file
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(("aux1.", "aux2."))}
     metadata = {METADATA_KEY: json.dumps(payload_for_model(model, prep, class_names))}
     atomic_write(out, lambda tmp: save_file(state, tmp, metadata=metadata))
@@ -132,8 +142,9 @@ def save_safetensors(model: GoogLeNet, prep: Preprocessing, class_names: list[st
 
 def load_safetensors(path: str | Path) -> tuple[GoogLeNet, Preprocessing, list[str]]:
     """(model in eval mode, preprocessing, class names) from a safetensors file written by export."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    safetensors = require("safetensors", "deploy", "reading safetensors files")
+    SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
+    load_file = require("safetensors.torch", "deploy", "reading safetensors files").load_file
 
     try:
         with safe_open(str(path), framework="pt") as f:

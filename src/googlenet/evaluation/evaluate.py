@@ -13,11 +13,12 @@ from tqdm import tqdm
 
 from googlenet.deploy.engines import check_choice, select_engine
 from googlenet.evaluation.metrics import EvalResult, evaluate
-from googlenet.files import atomic_write_text
+from googlenet.extras import MissingExtraError
+from googlenet.files import atomic_write_text, writable_dir
 from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
 from googlenet.training.config import Config, config_from_dict
 from googlenet.training.data import Preprocessing, eval_split
-from googlenet.viz.plots import confusion_png
+from googlenet.viz.plots import confusion_png  # imports matplotlib only when it draws
 
 
 @dataclass
@@ -28,8 +29,9 @@ class EvalReport:
     class_names: list[str]
     result: EvalResult
     json_path: Path
-    confusion_path: Path
+    confusion_path: Path | None  # None: not drawn (see confusion_note)
     engine: str = "torch fp32"
+    confusion_note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,9 @@ def evaluate_checkpoint(
     check_choice(backend, precision)
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint)
+    out = writable_dir(out_dir if out_dir else run_folder(checkpoint))  # before the evaluation, not after
+    if json_path:
+        writable_dir(Path(json_path).parent)
     model, prep, class_names = model_from_checkpoint(payload)
     config = config_from_dict(payload["config"])
     if data_root:
@@ -98,7 +103,6 @@ def evaluate_checkpoint(
         return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
 
     result = evaluate(engine, batches, len(class_names), progress=bar)
-    out = Path(out_dir) if out_dir else run_folder(checkpoint)
     report = EvalReport(
         checkpoint=checkpoint,
         split=split,
@@ -113,7 +117,10 @@ def evaluate_checkpoint(
     for path in {report.json_path, *([Path(json_path)] if json_path else [])}:
         atomic_write_text(path, text)
     title = f"{split}: top-1 {result.top1:.4f} over {result.num_samples:,} images"
-    confusion_png(result.confusion, class_names, report.confusion_path, title)
+    try:
+        confusion_png(result.confusion, class_names, out / f"confusion_{split}.png", title)
+    except MissingExtraError as error:  # the metrics are the result; the picture is a bonus
+        report.confusion_path, report.confusion_note = None, f"no confusion matrix picture: {error}"
     return report
 
 
@@ -128,6 +135,7 @@ def format_result(report: EvalReport) -> str:
         "per-class accuracy:",
         *(f"  {name:<{width}}  {acc:.4f}" for name, acc in zip(report.class_names, r.per_class, strict=True)),
         "",
-        f"wrote {report.json_path} and {report.confusion_path}",
+        f"wrote {report.json_path}" + (f" and {report.confusion_path}" if report.confusion_path else ""),
+        *([report.confusion_note] if report.confusion_note else []),
     ]
     return "\n".join(lines)

@@ -105,8 +105,10 @@ def format_inspection(result: Inspection) -> str:
 
 def sample_grid_png(result: Inspection, path: str | Path, max_classes: int = 20) -> None:
     """A grid: one row per class (up to max_classes), its first sample images across."""
+    from googlenet.extras import require
     from googlenet.viz.plots import image_grid_png
 
+    require("matplotlib", "viz", "the sample grid of 'googlenet data inspect'")
     rows = []
     for folder in sorted(result.samples)[:max_classes]:
         images = [open_image(p) for p in result.samples[folder]]

@@ -1,23 +1,28 @@
-"""Pictures a person would rather look at than read: training curves and the confusion matrix."""
+"""Pictures a person would rather look at than read: training curves and the confusion matrix.
+
+Drawn with matplotlib's object-oriented API (a bare ``Figure`` saved to a file), so neither importing nor
+using this module touches pyplot or switches the caller's backend. matplotlib is the [viz] extra: it is
+imported when a picture is drawn, and its absence is a MissingExtraError naming the extra.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a window
-
-import matplotlib.pyplot as plt
 from torch import Tensor
 
+from googlenet.extras import require
 from googlenet.files import atomic_write
+
+
+def _figure(feature: str, **kwargs: Any) -> Any:
+    """A figure outside pyplot: no window, no global state, nothing for the caller to close."""
+    return require("matplotlib.figure", "viz", feature).Figure(**kwargs)
 
 
 def _save(fig: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, title: str) -> None:
@@ -26,7 +31,8 @@ def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, t
     rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)
     size = max(5.0, 0.6 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig = _figure("drawing the confusion matrix", figsize=(size, size * 0.9))
+    ax = fig.subplots()
     image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= 30:
@@ -51,7 +57,8 @@ LABELS = {"train_loss": "train loss (with aux, smoothed)", "train_top1": "train 
 def curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
     """Loss, accuracy and learning rate against epoch, from metrics.jsonl entries."""
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = _figure("drawing the training curves", figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     series = (
         (axes[0], "loss", ("train_loss", "val_loss", "ema_val_loss")),
         (axes[1], "top-1 accuracy", ("train_top1", "val_top1", "ema_val_top1")),
@@ -73,7 +80,8 @@ def curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> N
 def image_grid_png(rows: list[tuple[str, list[Any]]], path: str | Path, title: str) -> None:
     """Labelled rows of PIL images, e.g. samples per class."""
     columns = max((len(images) for _, images in rows), default=1) or 1
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns + 1.5, 1.6 * len(rows) + 0.6), squeeze=False)
+    fig = _figure("drawing the sample grid", figsize=(1.6 * columns + 1.5, 1.6 * len(rows) + 0.6))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c in range(columns):
             ax = axes[r][c]

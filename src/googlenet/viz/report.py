@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from googlenet.extras import require
 from googlenet.files import atomic_write_text
 from googlenet.training.checkpoint import load_checkpoint
 from googlenet.training.data import DataError
@@ -63,6 +64,7 @@ def _evaluations(run: Path) -> list[str]:
 
 def write_report(run: str | Path) -> Path:
     """Write RUN/report.md and RUN/curves.png; returns the report's path."""
+    require("matplotlib", "viz", "googlenet report")  # before any work: the curves are half the report
     run = Path(run)
     history = read_history(run)
     if not history:
