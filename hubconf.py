@@ -23,7 +23,7 @@ def googlenet(
     variant: str = "paper",
     *,
     num_classes: int = 1000,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     aux: bool = True,
     pretrained: bool = False,
     weights: str | None = None,

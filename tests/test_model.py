@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 import googlenet
-from googlenet import GoogLeNet, InputSizeError, UnknownModelError, count_parameters, create_model, list_models
+from googlenet import InputSizeError, UnknownModelError, count_parameters, create_model, list_models
 from googlenet.model import INCEPTION_TABLE, VARIANTS, Inception, NaiveInception
 
 # (without aux, with aux) at each variant's default input channels.
@@ -18,21 +18,25 @@ EXPECTED_PARAMS = {
 }
 
 
-def build(name: str, **kwargs: object) -> GoogLeNet:
-    kwargs.setdefault("in_channels", VARIANTS[name].default_in_channels)
-    return create_model(name, **kwargs)  # type: ignore[arg-type]
-
-
 def test_registry_lists_every_variant() -> None:
     assert list_models() == sorted(EXPECTED_PARAMS)
     assert googlenet.list_models is list_models
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_input_channels_default_to_the_variants(name: str) -> None:
+    default = VARIANTS[name].default_in_channels
+    model = create_model(name)
+    assert model.in_channels == model.conv1.conv.in_channels == default
+    assert create_model(name, in_channels=2).conv1.conv.in_channels == 2
+    assert default == (1 if name == "small" else 3)  # small is the 1-channel (Fashion-MNIST) variant
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_parameter_counts(name: str) -> None:
     plain, with_aux = EXPECTED_PARAMS[name]
-    assert count_parameters(build(name, aux=False)) == plain
-    assert count_parameters(build(name)) == with_aux
+    assert count_parameters(create_model(name, aux=False)) == plain
+    assert count_parameters(create_model(name)) == with_aux
 
 
 def test_paper_count_matches_table1_arithmetic() -> None:
@@ -111,7 +115,7 @@ def test_small_variant_shapes(size: int, in_channels: int, final: int) -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_forward_train_vs_forward(name: str) -> None:
-    model = build(name, num_classes=5).eval()
+    model = create_model(name, num_classes=5).eval()
     x = torch.randn(2, model.in_channels, VARIANTS[name].default_input_size, VARIANTS[name].default_input_size)
     with torch.no_grad():
         logits = model(x)
@@ -134,7 +138,8 @@ def test_model_returns_logits_in_train_mode_and_aux_only_on_request() -> None:
     assert calls == ["aux1", "aux2"]
     # Every head receives gradient from the combined loss.
     (logits.sum() + 0.3 * aux1.sum() + 0.3 * aux2.sum()).backward()  # type: ignore[union-attr]
-    assert model.aux1.fc2.weight.grad is not None and model.fc.weight.grad is not None  # type: ignore[union-attr]
+    for head in (model.fc, model.aux1.fc2, model.aux2.fc2):  # type: ignore[union-attr]
+        assert float(head.weight.grad.abs().sum()) > 0
 
 
 def test_without_aux() -> None:
@@ -181,7 +186,7 @@ def test_paper_variant_has_lrn_and_true_5x5() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_minimum_input_size(name: str) -> None:
-    model = build(name, num_classes=3).eval()
+    model = create_model(name, num_classes=3).eval()
     n = model.min_input_size
     with torch.no_grad():
         model.forward_train(torch.randn(1, model.in_channels, n, n))
@@ -223,7 +228,10 @@ def test_reset_classifier_for_transfer_learning() -> None:
 def test_forward_head_pre_logits() -> None:
     model = create_model("bn").eval()
     features = torch.randn(2, 1024, 7, 7)
-    assert model.forward_head(features, pre_logits=True).shape == (2, 1024)
+    pooled = model.forward_head(features, pre_logits=True)
+    torch.testing.assert_close(pooled, features.mean((2, 3)))  # the global average pool, flattened
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(features), model.fc(pooled))
 
 
 def test_inception_and_naive_module_widths() -> None:

@@ -34,9 +34,11 @@ from googlenet.deploy.engines import (
     openvino_engine,
 )
 from googlenet.errors import GoogLeNetError
-from googlenet.evaluation.metrics import FUSED_SGD_DEVICES, training_loss
 from googlenet.macs import forward_macs
 from googlenet.model import GoogLeNet, create_model, get_variant
+from googlenet.speedups import optimize_for_inference, optimize_for_training
+from googlenet.training.loss import training_loss
+from googlenet.training.optim import FUSED_SGD_DEVICES
 
 SECTIONS = ("inference", "training", "fashion")
 
@@ -192,8 +194,6 @@ def _compiled_bf16(model: GoogLeNet, example: Tensor) -> Callable[[Tensor], Tens
     """Our optimized graph with bf16 weights through Inductor with frozen (constant-folded, prepacked) weights."""
     import torch._inductor.config as inductor
 
-    from googlenet.speedups import optimize_for_inference
-
     inductor.freezing = True
     fast = optimize_for_inference(model).to(example.device, torch.bfloat16)
     compiled = torch.compile(fast)
@@ -303,7 +303,8 @@ def _training_cases(opts: BenchmarkOptions) -> list[Case]:
     ours = create_model("torchvision", aux=True)
     ours.load_state_dict(peer.state_dict())
     ours = ours.to(memory_format=torch.channels_last)
-    flops = 3 * 2.0 * forward_macs(ours, 3, opts.size, training=True)
+    flops = 3 * 2.0 * forward_macs(ours, 3, opts.size, training=True)  # counted on the plain model's layers
+    optimize_for_training(ours)  # as `googlenet train` does (train.speedups)
     x, y = _training_batch(opts)
     cases = [
         Case(section, "torchvision eager bf16 + channels_last",
@@ -325,12 +326,13 @@ def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
     setting = f"small variant, 1 x {size} x {size}, batch {batch}"
     section = f"Fashion-MNIST training: {setting}"
     plain = create_model("small", num_classes=10, in_channels=1)
+    train_flops = 3 * 2.0 * forward_macs(plain, 1, size, training=True)  # counted on the plain model's layers
+    optimize_for_training(plain)  # both cases run our training modules; they differ in precision and layout
     fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     device = torch.device(opts.device)
     x = torch.randn(batch, 1, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    train_flops = 3 * 2.0 * forward_macs(plain, 1, size, training=True)
     cases = [
         Case(section, "eager fp32", _train_step(plain, x, y, bf16=False), batch, train_flops),
         Case(section, "ours: googlenet train path (bf16, channels_last)", _train_step(fast, x_cl, y, bf16=True), batch,
@@ -459,7 +461,8 @@ def profile_training_step(opts: BenchmarkOptions) -> dict[str, float]:
 
     torch.manual_seed(0)
     x, y = _training_batch(opts)
-    step = _train_step(create_model("torchvision", aux=True).to(memory_format=torch.channels_last), x, y, bf16=True)
+    model = optimize_for_training(create_model("torchvision", aux=True).to(memory_format=torch.channels_last))
+    step = _train_step(model, x, y, bf16=True)
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()

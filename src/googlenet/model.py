@@ -23,15 +23,17 @@ One network class and a registry of variants, read top to bottom:
 Module names follow torchvision's (conv1..conv3, inception3a..5b, aux1, aux2, fc; ConvBlock.conv/.bn) so one
 state-dict layout serves every variant. ``model(x)`` always returns logits; the auxiliary classifiers run
 only through the explicit ``model.forward_train(x) -> (logits, aux1, aux2)``.
+
+This module is the paper and nothing else: the rewrites that make training or inference faster (merged 1x1
+convolutions, ReLU after the max-pools, BatchNorm folding) are module swaps in ``googlenet.speedups``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from googlenet.errors import InputSizeError, UnknownModelError
@@ -170,12 +172,8 @@ class ConvBlock(nn.Module):
         self.bn: nn.Module = nn.BatchNorm2d(out_channels, eps=1e-3) if batch_norm else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 
-    def pre_activation(self, x: Tensor) -> Tensor:
-        """Conv -> BatchNorm, without the ReLU."""
-        return self.bn(self.conv(x))
-
     def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.pre_activation(x))
+        return self.relu(self.bn(self.conv(x)))
 
 
 class Inception(nn.Module):
@@ -211,75 +209,7 @@ class Inception(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # (N, C_in, H, W) -> (N, ch1x1 + ch3x3 + ch5x5 + pool_proj, H, W)
-        if self.training and self.merge_1x1_in_training and self._mergeable():
-            return torch.cat(self._merged_branches(x, activate=True), 1)
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
-
-    def pooled(self, x: Tensor, pool: nn.Module) -> Tensor:
-        """pool(forward(x)), computed as the ReLU of each branch's pooled pre-activations: the same values
-        and gradients (ReLU and max-pooling commute) with ReLU and the concatenation on the pooled size.
-        Pooling branch by branch, not the concatenation, hands each BatchNorm backward a whole gradient
-        tensor rather than a channel slice of one, which its CPU kernel runs several times slower."""
-        if self.training and self.merge_1x1_in_training and self._mergeable():
-            branches = self._merged_branches(x, activate=False)
-        else:
-            tails = [cast(ConvBlock, b[1]).pre_activation(b[0](x)) for b in (self.branch2, self.branch3, self.branch4)]
-            branches = [self.branch1.pre_activation(x), *tails]
-        return torch.cat([F.relu(pool(branch), inplace=True) for branch in branches], 1)
-
-    # The three 1x1 convolutions that read the module's input (branch 1, the 3x3 and 5x5 reductions) can run
-    # as one convolution with their weights stacked. BatchNorm is per channel, so one BatchNorm over the
-    # stacked channels is the three BatchNorms exactly: same outputs, gradients and running statistics, with
-    # one pass over the input instead of three and one gradient for it instead of a sum of three. Measured
-    # in `googlenet benchmark` (training section); set False to train with the three separate layers.
-    merge_1x1_in_training: bool = True
-
-    def _reductions(self) -> tuple[ConvBlock, ConvBlock, ConvBlock]:
-        return self.branch1, cast(ConvBlock, self.branch2[0]), cast(ConvBlock, self.branch3[0])
-
-    def _mergeable(self) -> bool:
-        """Plain BatchNorm in training mode with running statistics and a momentum (not SyncBatchNorm,
-        frozen or cumulative-average BatchNorm, nor the BN-free paper variant)."""
-        first = self.branch1.bn
-        for block in self._reductions():
-            bn = block.bn
-            if type(bn) is not nn.BatchNorm2d or not bn.training or bn.momentum is None or block.conv.bias is not None:
-                return False
-            if (bn.eps, bn.momentum) != (getattr(first, "eps", None), getattr(first, "momentum", None)):
-                return False
-            if bn.running_mean is None or bn.running_var is None or bn.num_batches_tracked is None:
-                return False
-        return True
-
-    def _merged_branches(self, x: Tensor, *, activate: bool) -> list[Tensor]:
-        """The four branch outputs, with the input-side 1x1 convs run as one; without the branches' last
-        ReLUs if not ``activate``."""
-        blocks = self._reductions()
-        bns = [cast(nn.BatchNorm2d, b.bn) for b in blocks]
-        widths = [bn.num_features for bn in bns]
-        y = F.conv2d(x, torch.cat([b.conv.weight for b in blocks]))
-        mean = torch.cat([cast(Tensor, bn.running_mean) for bn in bns])
-        var = torch.cat([cast(Tensor, bn.running_var) for bn in bns])
-        weight = torch.cat([cast(Tensor, bn.weight) for bn in bns])
-        bias = torch.cat([cast(Tensor, bn.bias) for bn in bns])
-        momentum = cast(float, bns[0].momentum)
-        y = F.batch_norm(y, mean, var, weight, bias, True, momentum, bns[0].eps)
-        with torch.no_grad():  # batch_norm updated the stacked copies; hand each layer its share
-            for bn, m, v in zip(bns, torch.split(mean, widths), torch.split(var, widths), strict=True):
-                cast(Tensor, bn.running_mean).copy_(m)
-                cast(Tensor, bn.running_var).copy_(v)
-                cast(Tensor, bn.num_batches_tracked).add_(1)
-        if activate:
-            b1, r3, r5 = torch.split(F.relu(y, inplace=True), widths, 1)
-        else:  # branch 1's ReLU is left to the caller; the reductions feed convolutions and need theirs now
-            b1, reductions = torch.split(y, [widths[0], widths[1] + widths[2]], 1)
-            r3, r5 = torch.split(F.relu(reductions), widths[1:], 1)
-        tails = [cast(ConvBlock, b[1]) for b in (self.branch2, self.branch3, self.branch4)]
-        inputs = (r3, r5, self.branch4[0](x))
-        return [
-            b1,
-            *(block(t) if activate else block.pre_activation(t) for block, t in zip(tails, inputs, strict=True)),
-        ]
 
 
 class NaiveInception(nn.Module):
@@ -342,10 +272,12 @@ class GoogLeNet(nn.Module):
         spec: VariantSpec,
         *,
         num_classes: int = 1000,
-        in_channels: int = 3,
+        in_channels: int | None = None,
         aux: bool = True,
     ) -> None:
         super().__init__()
+        if in_channels is None:
+            in_channels = spec.default_in_channels
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if in_channels < 1:
@@ -443,38 +375,30 @@ class GoogLeNet(nn.Module):
                 f"the minimum is {self.min_input_size}x{self.min_input_size} px"
             )
 
-    # ReLU and max-pooling commute: both are monotone and the pooled maximum is one of the window's values.
-    # The gradient is the same in either order too: the pool routes it to the same (first maximal) element,
-    # and when the maximum is not positive ReLU zeroes it either way. So each stride-2 pool (two in the stem,
-    # two after Inception 3b and 4e) takes the layer's pre-activations and ReLU runs after it, forward and
-    # backward on a quarter of the elements; measured in `googlenet benchmark` (training section). Training
-    # only, so that hooks (Table 1, the MAC counter) see the paper's order. Set False to train in that order.
-    pool_before_relu_in_training: bool = True
-
-    def _block_then_pool(self, block: ConvBlock | Inception, pool: nn.Module, x: Tensor) -> Tensor:
-        if self.training and self.pool_before_relu_in_training and isinstance(pool, nn.MaxPool2d):
-            if isinstance(block, Inception):
-                return block.pooled(x, pool)
-            return F.relu(pool(block.pre_activation(x)), inplace=True)
-        return pool(block(x))
-
     def _forward_features(self, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
         self.check_input(x)
-        # Shapes at 224 px for the 224 px variants.
-        x = self._block_then_pool(self.conv1, self.maxpool1, x)  # (N, 64, 56, 56)
-        x = self.lrn1(x)
-        x = self.conv2(x)
-        if isinstance(self.lrn2, nn.Identity):  # LRN mixes channels, so only without it can the pool move
-            x = self._block_then_pool(self.conv3, self.maxpool2, x)  # (N, 192, 28, 28)
-        else:
-            x = self.maxpool2(self.lrn2(self.conv3(x)))
-        x = self._block_then_pool(self.inception3b, self.maxpool3, self.inception3a(x))  # (N, 480, 14, 14)
+        # Table 1, row by row, with each output shape at 224 px (the small variant's, at 28 px, are in the
+        # module docstring).
+        x = self.conv1(x)  # convolution 7x7/2: (N, 64, 112, 112)
+        x = self.maxpool1(x)  # max pool 3x3/2: (N, 64, 56, 56)
+        x = self.lrn1(x)  # LocalRespNorm (paper only): (N, 64, 56, 56)
+        x = self.conv2(x)  # convolution 1x1, the 3x3 row's reduction: (N, 64, 56, 56)
+        x = self.conv3(x)  # convolution 3x3/1: (N, 192, 56, 56)
+        x = self.lrn2(x)  # LocalRespNorm (paper only): (N, 192, 56, 56)
+        x = self.maxpool2(x)  # max pool 3x3/2: (N, 192, 28, 28)
+        x = self.inception3a(x)  # (N, 256, 28, 28)
+        x = self.inception3b(x)  # (N, 480, 28, 28)
+        x = self.maxpool3(x)  # max pool 3x3/2: (N, 480, 14, 14)
         x = self.inception4a(x)  # (N, 512, 14, 14)
-        aux1 = self.aux1(x) if with_aux and self.aux1 is not None else None
-        x = self.inception4d(self.inception4c(self.inception4b(x)))  # (N, 528, 14, 14)
-        aux2 = self.aux2(x) if with_aux and self.aux2 is not None else None
-        x = self._block_then_pool(self.inception4e, self.maxpool4, x)  # (N, 832, 7, 7)
-        x = self.inception5b(self.inception5a(x))  # (N, 1024, 7, 7)
+        aux1 = self.aux1(x) if with_aux and self.aux1 is not None else None  # (N, classes)
+        x = self.inception4b(x)  # (N, 512, 14, 14)
+        x = self.inception4c(x)  # (N, 512, 14, 14)
+        x = self.inception4d(x)  # (N, 528, 14, 14)
+        aux2 = self.aux2(x) if with_aux and self.aux2 is not None else None  # (N, classes)
+        x = self.inception4e(x)  # (N, 832, 14, 14)
+        x = self.maxpool4(x)  # max pool 3x3/2 (2x2/2 in torchvision): (N, 832, 7, 7)
+        x = self.inception5a(x)  # (N, 832, 7, 7)
+        x = self.inception5b(x)  # (N, 1024, 7, 7)
         return x, aux1, aux2
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -483,10 +407,12 @@ class GoogLeNet(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Feature map (N, 1024, h, w) -> logits (N, classes), or the pooled features if pre_logits."""
-        x = torch.flatten(self.avgpool(x), 1)  # (N, 1024)
+        x = self.avgpool(x)  # avg pool 7x7/1 (adaptive, for any input size): (N, 1024, 1, 1)
+        x = torch.flatten(x, 1)  # (N, 1024)
         if pre_logits:
             return x
-        return self.fc(self.dropout(x))
+        x = self.dropout(x)  # dropout 40% (20% in torchvision): (N, 1024)
+        return self.fc(x)  # linear: (N, classes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Images -> logits, in training and evaluation mode alike. The auxiliary heads never run here."""
@@ -525,8 +451,9 @@ def get_variant(name: str) -> VariantSpec:
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, aux: bool = True) -> GoogLeNet:
-    """Build a registered GoogLeNet variant with fresh weights."""
+def create_model(name: str, *, num_classes: int = 1000, in_channels: int | None = None, aux: bool = True) -> GoogLeNet:
+    """Build a registered GoogLeNet variant with fresh weights; ``in_channels`` defaults to the variant's
+    (1 for ``small``, 3 for the others)."""
     return GoogLeNet(get_variant(name), num_classes=num_classes, in_channels=in_channels, aux=aux)
 
 

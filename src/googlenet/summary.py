@@ -285,7 +285,9 @@ def _notes(model: GoogLeNet, rows: list[SummaryRow], compared_macs: bool) -> lis
     return notes
 
 
-def summary_for(name: str, input_size: int | None = None, *, in_channels: int = 3, aux: bool = True) -> Summary:
+def summary_for(
+    name: str, input_size: int | None = None, *, in_channels: int | None = None, aux: bool = True
+) -> Summary:
     """Table 1 for a registered variant, profiled on the meta device (no weights, no arithmetic)."""
     with torch.device("meta"):
         model = create_model(name, in_channels=in_channels, aux=aux)
