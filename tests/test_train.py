@@ -10,7 +10,7 @@ from PIL import Image
 
 from googlenet.cli import main
 from googlenet.evaluation.evaluate import evaluate_checkpoint
-from googlenet.evaluation.metrics import evaluate
+from googlenet.evaluation.metrics import evaluate_batches
 from googlenet.evaluation.predict import predict_paths
 from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from googlenet.training.config import Config, load_config
@@ -195,7 +195,7 @@ def test_evaluate_helper_counts(finished_run: Path, fashion_root: Path) -> None:
     from googlenet.training.data import eval_split
 
     split = eval_split(config.data, prep, "val", 0)
-    result = evaluate(model, split, len(names))
+    result = evaluate_batches(model, split, len(names))
     labels = torch.cat([y for _, y in split.epoch(0)])
     assert result.confusion.sum(1).tolist() == torch.bincount(labels, minlength=10).tolist()
     assert result.top1 == pytest.approx(float(result.confusion.diag().sum()) / 300)

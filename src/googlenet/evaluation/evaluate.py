@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from googlenet.deploy.engines import check_choice, select_engine
-from googlenet.evaluation.metrics import EvalResult, evaluate
+from googlenet.evaluation.metrics import EvalResult, evaluate_batches
 from googlenet.extras import MissingExtraError
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -102,7 +102,7 @@ def evaluate_checkpoint(
     def bar(stream: Any, total: int) -> Any:
         return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
 
-    result = evaluate(engine, batches, len(class_names), progress=bar)
+    result = evaluate_batches(engine, batches, len(class_names), progress=bar)
     report = EvalReport(
         checkpoint=checkpoint,
         split=split,

@@ -52,7 +52,7 @@ def predict_logits(
         model.train(was_training)
 
 
-def evaluate(
+def evaluate_batches(
     model: nn.Module | Callable[[Tensor], Tensor],
     batches: Batches,
     num_classes: int,

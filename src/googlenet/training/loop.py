@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from googlenet.errors import GoogLeNetError
-from googlenet.evaluation.metrics import evaluate
+from googlenet.evaluation.metrics import evaluate_batches
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet, create_model, get_variant
 from googlenet.training.checkpoint import load_checkpoint, save_checkpoint
@@ -449,9 +449,9 @@ def _validate(run: Run) -> dict[str, float]:
         "channels_last": run.cfg.train.channels_last,
     }
     classes = len(run.data.class_names)
-    metrics = evaluate(run.model, run.data.val, classes, **kwargs).as_dict("val_")
+    metrics = evaluate_batches(run.model, run.data.val, classes, **kwargs).as_dict("val_")
     if run.ema is not None:
-        metrics.update(evaluate(run.ema.module, run.data.val, classes, **kwargs).as_dict("ema_val_"))
+        metrics.update(evaluate_batches(run.ema.module, run.data.val, classes, **kwargs).as_dict("ema_val_"))
     return metrics
 
 
