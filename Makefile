@@ -62,13 +62,13 @@ test: lint typecheck unit
 check-core: data
 	PYTHON=$(PYTHON) BUILD_PYTHON=$(BIN)/python DATA_ROOT=$(DATA_ROOT) bash .ci/check-core
 
-# The README's benchmark: the full preset (about 27 minutes on 2 cores) with its test evaluation.
+# The Fashion-MNIST benchmark (docs/results.md): the full preset (about 27 minutes on 2 cores) with its test evaluation.
 benchmark-fashion-mnist: data
 	$(BIN)/googlenet train --config configs/fashion-mnist.toml --out runs/fashion-mnist
 	$(BIN)/googlenet evaluate runs/fashion-mnist/checkpoints/best.pt --split test
 	$(BIN)/googlenet report runs/fashion-mnist
 
-# The README's performance table (about 12 minutes on 2 cores): every engine against torchvision, ONNX Runtime
+# The performance tables (docs/performance.md) (about 12 minutes on 2 cores): every engine against torchvision, ONNX Runtime
 # and OpenVINO in one run, and each engine's agreement on the Fashion-MNIST test set when that run exists.
 benchmark-speed: data
 	$(BIN)/googlenet benchmark --compile --json runs/benchmark.json \

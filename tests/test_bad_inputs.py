@@ -107,7 +107,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     ),
     "checkpoint-future-version": (
         lambda t, c: ["predict", str(_future(t)), str(t)],
-        r"format 99; this googlenet reads up to 1: upgrade",
+        r"format 99; this googlenet reads up to 2: upgrade",
     ),
     "checkpoint-other-variant": (
         lambda t, c: [
@@ -128,6 +128,14 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "checkpoint-class-names-mismatch": (
         lambda t, c: ["predict", str(make_checkpoint(t / "n.pt", class_names=["a", "b"])), str(t)],
         r"2 class names for 10 outputs",
+    ),
+    "checkpoint-old-seeding-resume": (
+        lambda t, c: ["train", "--resume", "--out", str(_format_one(t / "run" / "checkpoints" / "last.pt").parents[1])],
+        r"older googlenet that drew the train/validation split .*; --resume needs",
+    ),
+    "checkpoint-old-seeding-val-split": (
+        lambda t, c: ["evaluate", str(_format_one(t / "old.pt")), "--split", "val", "--backend", "torch"],
+        r"older googlenet .*; --split val needs a checkpoint written by this version",
     ),
     "checkpoint-incomplete": (
         lambda t, c: ["predict", str(_incomplete(t)), str(t)],
@@ -169,7 +177,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     ),
     "inspect-grid-not-writable": (
         lambda t, c: ["data", "inspect", str(_image_folder(t)), "--grid", str(_write(t / "file", b"x") / "g.png")],
-        r"cannot write .*file/g\.png",
+        r"cannot write to output folder .*file",
     ),
     "benchmark-json-not-writable": (
         lambda t, c: ["benchmark", "--json", str(_write(t / "file", b"x") / "r.json")],
@@ -257,6 +265,15 @@ def _future(tmp: Path) -> Path:
     path = make_checkpoint(tmp / "future.pt")
     payload = torch.load(path, weights_only=True)
     payload["format_version"] = 99
+    torch.save(payload, path)
+    return path
+
+
+def _format_one(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_checkpoint(path)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 1
     torch.save(payload, path)
     return path
 

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from googlenet.model import ConvBlock, GoogLeNet, Inception
+from googlenet.model import ConvBlock, GoogLeNet, Inception, InceptionSpec
 
 # (block, the max-pool after it) pairs of GoogLeNet whose ReLU can move after the pool.
 POOLED_BLOCKS = (("conv1", "maxpool1"), ("conv3", "maxpool2"), ("inception3b", "maxpool3"), ("inception4e", "maxpool4"))
@@ -100,16 +100,16 @@ class MergedInception(nn.Module):
     state-dict keys. With ``pool`` (a max-pool that followed the module), it returns
     ReLU(pool(pre-activation)) of each branch, concatenated: the module's output, pooled."""
 
-    def __init__(self, module: Inception, *, pool: nn.MaxPool2d | None = None) -> None:
+    def __init__(self, module: Inception | MergedInception, *, pool: nn.MaxPool2d | None = None) -> None:
         super().__init__()
         self.training = module.training  # the mode of the module it stands in for
-        self.in_channels = module.in_channels
-        self.spec = module.spec
-        self.out_channels = module.out_channels
-        self.branch1 = module.branch1
-        self.branch2 = module.branch2
-        self.branch3 = module.branch3
-        self.branch4 = module.branch4
+        self.in_channels: int = module.in_channels
+        self.spec: InceptionSpec = module.spec
+        self.out_channels: int = module.out_channels
+        self.branch1: ConvBlock = module.branch1
+        self.branch2: nn.Sequential = module.branch2
+        self.branch3: nn.Sequential = module.branch3
+        self.branch4: nn.Sequential = module.branch4
         self.pool = pool
         for block in self._reductions():
             conv = block.conv
@@ -155,6 +155,24 @@ class MergedInception(nn.Module):
             bias = torch.cat([cast(Tensor, conv.bias) for conv in convs])
             return F.conv2d(x, torch.cat([conv.weight for conv in convs]), bias)
         return None
+
+
+class FrozenMergedInception(MergedInception):
+    """The inference form of MergedInception: with BatchNorm folded, the stacked 1x1 convolution is built once
+    (``reduce``) instead of concatenating the three layers' weights on every call."""
+
+    def __init__(self, module: Inception | MergedInception) -> None:
+        super().__init__(module, pool=module.pool if isinstance(module, MergedInception) else None)
+        convs = [block.conv for block in self._reductions()]
+        if any(type(b.bn) is not nn.Identity or b.conv.bias is None for b in self._reductions()):
+            raise ValueError("fold BatchNorm into the 1x1 convolutions before freezing their merge")
+        self.reduce = nn.Conv2d(convs[0].in_channels, sum(self.widths), 1)
+        with torch.no_grad():
+            self.reduce.weight.copy_(torch.cat([conv.weight for conv in convs]))
+            cast(Tensor, self.reduce.bias).copy_(torch.cat([cast(Tensor, conv.bias) for conv in convs]))
+
+    def _stacked_reductions(self, x: Tensor) -> Tensor | None:
+        return cast(Tensor, self.reduce(x))
 
 
 def _stackable_batchnorm(blocks: tuple[ConvBlock, ...]) -> bool:
@@ -234,8 +252,8 @@ def optimize_for_inference(model: GoogLeNet, *, channels_last: bool = True) -> G
         if isinstance(module, (ConvBlock, PooledConvBlock)):
             fold_batchnorm(module)
     for name, child in list(fast.named_children()):
-        if isinstance(child, Inception):
-            setattr(fast, name, MergedInception(child))
+        if isinstance(child, (Inception, MergedInception)):
+            setattr(fast, name, FrozenMergedInception(child))
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     return fast

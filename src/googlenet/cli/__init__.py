@@ -68,7 +68,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{PROG}: internal error: {type(error).__name__}: {error} (rerun with --debug for details)", file=sys.stderr
         )
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

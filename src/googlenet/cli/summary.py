@@ -18,11 +18,8 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from googlenet.model import get_variant
     from googlenet.summary import FORMATS, summary_for
 
-    spec = get_variant(args.model)
-    in_channels = args.in_channels or spec.default_in_channels
-    summary = summary_for(spec.name, args.input_size, in_channels=in_channels, aux=not args.no_aux)
+    summary = summary_for(args.model, args.input_size, in_channels=args.in_channels, aux=not args.no_aux)
     print(FORMATS[args.format](summary))
     return 0

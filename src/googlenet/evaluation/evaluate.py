@@ -15,7 +15,7 @@ from googlenet.deploy.engines import check_choice, select_engine
 from googlenet.evaluation.metrics import EvalResult, evaluate_batches
 from googlenet.extras import MissingExtraError
 from googlenet.files import atomic_write_text, writable_dir
-from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, model_from_checkpoint
 from googlenet.training.config import Config, config_from_dict
 from googlenet.training.data import Preprocessing, eval_split
 from googlenet.viz.plots import confusion_png  # imports matplotlib only when it draws
@@ -87,6 +87,8 @@ def evaluate_checkpoint(
     config = config_from_dict(payload["config"])
     if data_root:
         config.data.root = data_root
+    if split != "test" and not (config.data.dataset == "folder" and (Path(config.data.root) / split).is_dir()):
+        check_current_seeding(payload, checkpoint, f"--split {split}")  # the split is drawn from the run's seed
     batches = eval_split(config.data, prep, split, config.train.seed)
 
     engine, how = select_engine(

@@ -19,7 +19,10 @@ from googlenet.model import GoogLeNet, create_model, list_models
 from googlenet.training.data import Preprocessing
 
 FORMAT = "googlenet-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# From format 2 on, a run's train/validation split and batches are drawn through NumPy's SeedSequence (the same on
+# every Python and machine); format 1 runs drew them from Python's hash() and cannot be continued or re-split.
+CURRENT_SEEDING_SINCE = 2
 
 
 class CheckpointError(GoogLeNetError):
@@ -62,6 +65,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in payload:
             raise CheckpointError(f"{path} lacks {key!r}: it is incomplete")
     return payload
+
+
+def check_current_seeding(payload: dict[str, Any], path: str | Path, needs: str) -> None:
+    """Refuse, naming ``needs``, a checkpoint whose run drew its split and batches the format-1 way."""
+    if int(payload.get("format_version", 1)) < CURRENT_SEEDING_SINCE:
+        raise CheckpointError(
+            f"{path} was written by an older googlenet that drew the train/validation split and the batch order "
+            f"differently; {needs} needs a checkpoint written by this version (the test split is unaffected)"
+        )
 
 
 def preferred_state(payload: dict[str, Any], use_ema: bool | None = None) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from googlenet.errors import GoogLeNetError
 from googlenet.evaluation.metrics import evaluate_batches
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet, create_model, get_variant
-from googlenet.training.checkpoint import load_checkpoint, save_checkpoint
+from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
 from googlenet.training.data import DataBundle, Preprocessing, build_data
 from googlenet.training.device import autocast, resolve_device, to_device
@@ -89,6 +89,7 @@ def resume(
     may change only how long it runs (train.epochs, train.max_steps, train.max_minutes)."""
     out = Path(out_dir)
     payload = load_checkpoint(_last_path(out))
+    check_current_seeding(payload, _last_path(out), "--resume")
     config = config_from_dict(payload["config"])
     apply_overrides(config, overrides or [], allowed=RESUMABLE_KEYS)
     return _run(config, out, payload, progress, log)
@@ -319,10 +320,10 @@ def _fit(run: Run, state: RunState, progress: bool) -> TrainResult:
                 if cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
                     _save_last(run, state, clock)
             bar.close()
-            if state.batch < plan.batches_per_epoch:  # stopped inside the epoch: keep the exact position
+            if reason and state.batch < plan.batches_per_epoch:  # stopped inside the epoch: keep the exact position
                 _save_last(run, state, clock)
                 run.log(f"stopped ({reason}) at step {state.step}; checkpoint {run.last_path}")
-                stopped = reason or "finished"
+                stopped = reason
                 break
             _end_epoch(run, state, stats, clock, clock.elapsed() - epoch_started, writer)
             if reason:
