@@ -20,24 +20,19 @@ def register(commands: Commands) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from googlenet.cli.common import progress_wanted
-    from googlenet.extras import MissingExtraError, require
+    from googlenet.extras import MissingExtraError
     from googlenet.files import writable_dir
     from googlenet.training.data_inspect import format_inspection, inspect_folder, sample_grid_png
 
     grid = Path(args.grid) if args.grid else Path(f"{Path(args.folder).resolve().name}-samples.png")
     writable_dir(grid.parent)  # before reading every image of the folder, not after
-    try:
-        require("matplotlib", "viz", "the sample grid of 'googlenet data inspect'")
-    except MissingExtraError as missing:  # the inspection itself needs no extra: print it, skip the picture
-        grid_note = f"no sample grid: {missing}"
-    else:
-        grid_note = ""
     result = inspect_folder(args.folder, progress=progress_wanted(args))
     print(format_inspection(result))
-    if grid_note:
-        print(grid_note)
+    try:
+        sample_grid_png(result, grid)
+    except MissingExtraError as missing:  # the inspection itself needs no extra: it is printed, the picture skipped
+        print(f"no sample grid: {missing}")
         return 0
-    sample_grid_png(result, grid)
     print(f"wrote {grid}")
     return 0
 
