@@ -33,6 +33,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_minutes(text: str) -> float:
+    """A budget in minutes: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of minutes above 0, got {text!r}")
+    return value
+
+
 def progress_wanted(args: argparse.Namespace) -> bool:
     """A progress bar only for a person at a terminal, and not when they asked for none."""
     return not getattr(args, "no_progress", False) and sys.stderr.isatty()

@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from googlenet.cli.common import Commands, add_engine_arguments, progress_wanted
+from googlenet.cli.common import Commands, UsageError, add_engine_arguments, progress_wanted
 
 
 def register(commands: Commands) -> None:
     parser = commands.add("evaluate", run, "top-1/top-5, loss, per-class accuracy and confusion matrix")
     parser.add_argument("checkpoint", nargs="+", help="checkpoint(s); several make an ensemble")
     parser.add_argument("--crops", type=int, choices=(1, 10, 144), default=1, help="views per image (the paper's)")
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="test-time augmentation: flip averages each image with its mirror image (default: none)",
+    )
     parser.add_argument("--split", default="test", choices=("test", "val", "train"))
     parser.add_argument("--data-root", help="where the data is (default: the root recorded in the checkpoint)")
     parser.add_argument("--out", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run folder)")
@@ -22,6 +28,8 @@ def register(commands: Commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if len(args.checkpoint) > 1 or args.crops != 1:
+        if args.tta != "none":
+            raise UsageError("--tta flip works on one checkpoint at --crops 1; multi-crop testing already mirrors")
         return _multicrop(args)
     from googlenet.evaluation.evaluate import evaluate_checkpoint, format_result
 
@@ -34,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_wanted(args),
         backend=args.backend,
         precision=args.precision,
+        tta=args.tta,
     )
     print(format_result(report))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from googlenet.cli.common import Commands, UsageError, progress_wanted
+from googlenet.cli.common import Commands, UsageError, positive_minutes, progress_wanted
 
 
 def register(commands: Commands) -> None:
@@ -16,7 +16,12 @@ def register(commands: Commands) -> None:
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value"
     )
     parser.add_argument("--out", required=True, help="run folder: metrics, TensorBoard logs, checkpoints")
-    parser.add_argument("--max-minutes", type=float, help="wall-clock budget; the run stops with a checkpoint")
+    parser.add_argument(
+        "--max-minutes",
+        type=positive_minutes,
+        help="wall-clock budget: the run measures its speed and fits its whole schedule, validations and the test "
+        "evaluation into it",
+    )
     parser.add_argument("--init", help="fine-tune: start from this checkpoint (classifier reset if classes differ)")
     parser.add_argument("--freeze-features", action="store_true", help="fine-tune only the classifier heads")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")

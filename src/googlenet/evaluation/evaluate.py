@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from googlenet.deploy.engines import check_choice, select_engine
-from googlenet.evaluation.metrics import EvalResult, evaluate_batches
+from googlenet.evaluation.metrics import TTA_CHOICES, EvalResult, FlipAverage, evaluate_batches
 from googlenet.extras import MissingExtraError
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, model_from_checkpoint
@@ -31,6 +31,7 @@ class EvalReport:
     json_path: Path
     confusion_path: Path | None  # None: not drawn (see confusion_note)
     engine: str = "torch fp32"
+    tta: str = "none"  # test-time augmentation: "none" or "flip"
     confusion_note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -39,6 +40,7 @@ class EvalReport:
             "split": self.split,
             "weights": self.weights,
             "engine": self.engine,
+            "tta": self.tta,
             "num_samples": self.result.num_samples,
             "top1": self.result.top1,
             "top5": self.result.top5,
@@ -74,10 +76,14 @@ def evaluate_checkpoint(
     progress: bool = False,
     backend: str = "torch",
     precision: str = "fp32",
+    tta: str = "none",
 ) -> EvalReport:
     """Metrics of ``checkpoint`` on ``split``, run by ``backend`` (a name, or "auto" to measure) at
-    ``precision``; int8 is calibrated on the first CALIBRATION_IMAGES training images."""
+    ``precision``; int8 is calibrated on the first CALIBRATION_IMAGES training images. ``tta="flip"``
+    averages each image's prediction with its mirror image's."""
     check_choice(backend, precision)
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_CHOICES)}; got {tta!r}")
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint)
     out = writable_dir(out_dir if out_dir else run_folder(checkpoint))  # before the evaluation, not after
@@ -104,6 +110,8 @@ def evaluate_checkpoint(
     def bar(stream: Any, total: int) -> Any:
         return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
 
+    if tta == "flip":
+        engine = FlipAverage(engine)
     result = evaluate_batches(engine, batches, len(class_names), progress=bar)
     report = EvalReport(
         checkpoint=checkpoint,
@@ -114,11 +122,13 @@ def evaluate_checkpoint(
         json_path=out / f"eval_{split}.json",
         confusion_path=out / f"confusion_{split}.png",
         engine=how,
+        tta=tta,
     )
     text = json.dumps(report.as_dict(), indent=2)
     for path in {report.json_path, *([Path(json_path)] if json_path else [])}:
         atomic_write_text(path, text)
     title = f"{split}: top-1 {result.top1:.4f} over {result.num_samples:,} images"
+    title += ", flip TTA" if tta == "flip" else ""
     try:
         confusion_png(result.confusion, class_names, out / f"confusion_{split}.png", title)
     except MissingExtraError as error:  # the metrics are the result; the picture is a bonus
@@ -131,7 +141,7 @@ def format_result(report: EvalReport) -> str:
     width = max(len(n) for n in report.class_names)
     lines = [
         f"{report.checkpoint} on {report.split} ({r.num_samples:,} images, {report.weights} weights)",
-        f"engine: {report.engine}",
+        f"engine: {report.engine}" + (", flip test-time augmentation" if report.tta == "flip" else ""),
         f"top-1 {r.top1:.4f}   top-5 {r.top5:.4f}   loss {r.loss:.4f}",
         "",
         "per-class accuracy:",

@@ -26,6 +26,24 @@ class EvalResult:
         return {f"{prefix}loss": self.loss, f"{prefix}top1": self.top1, f"{prefix}top5": self.top5}
 
 
+TTA_CHOICES = ("none", "flip")
+
+
+class FlipAverage(nn.Module):
+    """Flip test-time augmentation, the paper's multi-crop idea for small images: the class probabilities of
+    the image and of its mirror image, averaged. Returns their log, so that cross-entropy on it is the loss
+    of the averaged prediction and argmax is its top-1."""
+
+    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        plain = self.model(x).float().softmax(1)
+        mirrored = self.model(x.flip(-1)).float().softmax(1)
+        return ((plain + mirrored) / 2).log()
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module | Callable[[Tensor], Tensor],

@@ -69,7 +69,11 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 5
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall-clock time; 0 = no budget
+    # A wall-clock budget: the run measures its speed and plans as many steps as fit (at most `epochs`), the
+    # schedule included; 0 = no budget.
+    max_minutes: float = 0.0
+    budget_test_views: int = 2  # the budget keeps time for a test evaluation at this many views (2: flip TTA)
+    log_every_steps: int = 50  # training loss, accuracy and lr to steps.jsonl and TensorBoard; 0 = epoch ends only
     max_steps: int = 0  # stop after this many optimizer steps in total; 0 = run all epochs
     save_every_steps: int = 0  # also write last.pt every this many steps (survives kill -9); 0 = epoch ends
     seed: int = 0
@@ -130,6 +134,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "schedule.min_lr_ratio": (0, 1, True),
     "train.epochs": (1, 100000, True),
     "train.max_minutes": (0, math.inf, True),
+    "train.budget_test_views": (0, 1000, True),
+    "train.log_every_steps": (0, math.inf, True),
     "train.max_steps": (0, math.inf, True),
     "train.save_every_steps": (0, math.inf, True),
     "train.seed": (0, 2**63, True),

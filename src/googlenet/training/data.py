@@ -522,6 +522,19 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+FASHION_MNIST_TEST_IMAGES = 10_000
+
+
+def test_split_size(cfg: DataConfig) -> int:
+    """How many images `evaluate --split test` will read: Fashion-MNIST's 10,000 or the folder's test/ (0 if none)."""
+    if cfg.dataset == "fashion-mnist":
+        return FASHION_MNIST_TEST_IMAGES
+    test = Path(cfg.root) / "test"
+    if not test.is_dir():
+        return 0
+    return sum(1 for path in test.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def eval_split(cfg: DataConfig, prep: Preprocessing, split: str, seed: int) -> Batches:
     """A split for evaluation with the checkpoint's preprocessing: 'test' (Fashion-MNIST's official 10,000
     or the folder's test/), 'val' (the run's held-out images) or 'train'."""

@@ -3,19 +3,26 @@
 Read top to bottom:
 
 1. `_build` makes everything a run needs (device, data, model with its speed-ups, optimizer, EMA, plan);
+   with a wall-clock budget, `_plan_budget` then measures this machine and sets the number of steps
+   (googlenet.training.budget);
 2. `_fit` runs epochs; each batch goes through `_train_batch` (forward, backward, and every
    ``accumulate`` batches `_optimizer_step`); after each optimizer step `_stop_reason` is the one place
-   that decides whether to stop (signal, train.max_steps, train.max_minutes), reading the run's one `Clock`;
-3. `_end_epoch` validates, logs and writes metrics.jsonl and the checkpoints.
+   that decides whether to stop (the plan's last step, signal, train.max_steps, the budget), reading the
+   run's one `Clock`; every train.log_every_steps steps `_log_steps` writes a row of steps.jsonl;
+3. `_end_epoch` validates, logs and writes metrics.jsonl and the checkpoints; a run that stops inside an
+   epoch does the same there, marked partial.
 
 A run stopped early writes DIR/checkpoints/last.pt at the exact step, and `resume` continues from it bit for
 bit (on CPU with deterministic settings): batches are regenerated from (seed, epoch, index), the learning
-rate is a pure function of the step, and the RNG, optimizer and EMA states travel in the checkpoint.
+rate is a pure function of the step and the stored plan, and the RNG, optimizer and EMA states travel in
+the checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import signal
@@ -32,14 +39,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from googlenet.errors import GoogLeNetError
-from googlenet.evaluation.metrics import evaluate_batches
+from googlenet.evaluation.metrics import evaluate_batches, predict_logits
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet, create_model, get_variant
+from googlenet.training.budget import BudgetPlan, Timing, Workload, plan_steps
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
-from googlenet.training.data import DataBundle, Preprocessing, build_data
+from googlenet.training.data import DataBundle, Preprocessing, build_data, test_split_size
 from googlenet.training.device import autocast, resolve_device, to_device
-from googlenet.training.distributed import DistInfo, any_rank, barrier, from_environment, initialise, shutdown
+from googlenet.training.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    from_environment,
+    initialise,
+    max_over_ranks,
+    shutdown,
+)
 from googlenet.training.loss import TrainForward, training_loss
 from googlenet.training.optim import (
     build_ema,
@@ -114,12 +130,13 @@ def build_model(config: Config, num_classes: int, in_channels: int) -> GoogLeNet
 
 @dataclass
 class Plan:
-    """How the data maps onto optimizer steps."""
+    """How the data maps onto optimizer steps, and how many steps the run takes."""
 
     batches_per_epoch: int
     accumulate: int  # batches per optimizer step (gradient accumulation)
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int  # the schedule's length: train.epochs worth, or what fits the budget
+    budget: BudgetPlan | None = None  # set when train.max_minutes planned the run
 
 
 @dataclass
@@ -131,7 +148,8 @@ class RunState:
     step: int = 0  # optimizer steps taken in total
     elapsed: float = 0.0  # seconds of training so far, earlier processes included
     best_top1: float = -1.0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl: one row per epoch end
+    steps_log: list[dict[str, Any]] = field(default_factory=list)  # steps.jsonl: one row per log_every_steps
 
 
 class Clock:
@@ -185,12 +203,15 @@ def _run(cfg: Config, out: Path, resumed: dict[str, Any] | None, progress: bool,
         log, progress = _silent, False  # one process logs and writes files: rank 0
     with _torch_settings(cfg):
         try:
+            clock = Clock(float(resumed.get("elapsed", 0.0)) if resumed else 0.0)  # set-up counts in a budget
             run = _build(cfg, out, dist, resumed, log)
             state = RunState()
             if resumed is not None:
                 state = _restore(resumed, run)
                 log(f"resuming {run.last_path} at epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
-            return _fit(run, state, progress)
+            if cfg.train.max_minutes:
+                _plan_budget(run, state, clock, resumed)
+            return _fit(run, state, clock, progress)
         finally:
             shutdown(dist)
 
@@ -287,47 +308,140 @@ def _plan(cfg: Config, batches_per_epoch: int) -> Plan:
     return Plan(batches_per_epoch, accumulate, steps_per_epoch, cfg.train.epochs * steps_per_epoch)
 
 
+# Steps timed to plan a budget: the first ones pay for memory allocation and are left out.
+WARMUP_STEPS, TIMED_STEPS = 3, 10
+
+
+def _plan_budget(run: Run, state: RunState, clock: Clock, resumed: dict[str, Any] | None) -> None:
+    """Fit the run's schedule to train.max_minutes: measure this machine, then set plan.total_steps. A resumed
+    run keeps the plan it started with unless its budget or epochs were changed."""
+    cfg = run.cfg
+    stored = resumed.get("plan") if resumed else None
+    if resumed is not None and stored is not None:
+        before = resumed["config"]["train"]
+        if before["max_minutes"] == cfg.train.max_minutes and before["epochs"] == cfg.train.epochs:
+            run.plan.budget = BudgetPlan.from_dict(stored)
+            run.plan.total_steps = run.plan.budget.total_steps
+            return
+    if state.step >= run.plan.total_steps:
+        return  # nothing left to plan
+    step_seconds, eval_seconds_per_image = _measure(run)
+    step_seconds, eval_seconds_per_image = max_over_ranks([step_seconds, eval_seconds_per_image], run.dist)
+    val_images = run.data.val.num_samples if run.data.val is not None else 0
+    timing = Timing(
+        step_seconds=step_seconds,
+        images_per_step=cfg.data.batch_size * run.plan.accumulate,
+        eval_images_per_second=1 / eval_seconds_per_image,
+        overhead_seconds=clock.elapsed(),
+    )
+    work = Workload(
+        steps_per_epoch=run.plan.steps_per_epoch,
+        max_steps=run.plan.total_steps,
+        done_steps=state.step,
+        val_images=val_images * (2 if run.ema is not None else 1),
+        test_images=test_split_size(cfg.data) * cfg.train.budget_test_views,
+    )
+    run.plan.budget = plan_steps(cfg.train.max_minutes, timing, work)
+    run.plan.total_steps = run.plan.budget.total_steps
+    run.log(run.plan.budget.describe(run.plan.steps_per_epoch))
+
+
+def _measure(run: Run) -> tuple[float, float]:
+    """(seconds per optimizer step, seconds per evaluated image), timed on a throw-away copy of the model and
+    optimizer over the first batches, so the real run starts untouched. The random state is put back, so a
+    measured run takes the same steps as one that was not measured."""
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    model = copy.deepcopy(run.model)
+    trial = dataclasses.replace(
+        run,
+        model=model,
+        forward=TrainForward(model, run.cfg.model.aux_weight > 0 and model.has_aux),
+        optimizer=build_optimizer(model, run.cfg, run.device),
+        ema=build_ema(model, run.cfg.train.ema_decay),
+        log=_silent,
+    )
+    state, stats, clock = RunState(), EpochStats(), Clock()
+    marks: list[float] = []
+    for x, y in run.data.train.epoch(0):
+        if _train_batch(trial, state, x, y, stats, clock):
+            _synchronize(run.device)
+            marks.append(clock.elapsed())
+        if len(marks) > WARMUP_STEPS + TIMED_STEPS or state.batch == run.plan.batches_per_epoch:
+            break
+    gaps = sorted(b - a for a, b in zip(marks[WARMUP_STEPS - 1 :], marks[WARMUP_STEPS:], strict=False))
+    step_seconds = gaps[len(gaps) // 2] if gaps else marks[-1] / len(marks)  # the median: robust to a hiccup
+    eval_seconds_per_image = _measure_evaluation(run, model)
+    torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return step_seconds, eval_seconds_per_image
+
+
+def _measure_evaluation(run: Run, model: nn.Module) -> float:
+    """Seconds per image of forward-only evaluation, as validation runs it; the first batch warms up."""
+    batches = run.data.val if run.data.val is not None else run.data.train
+    settings = (run.device, run.cfg.train.precision, run.cfg.train.channels_last)
+    times, images = [], []
+    started = time.monotonic()
+    for index, (logits, _) in enumerate(predict_logits(model, batches.epoch(0), *settings)):
+        now = time.monotonic()
+        times.append(now - started)
+        images.append(int(logits.shape[0]))
+        started = now
+        if index == 2:
+            break
+    timed = slice(1, None) if len(times) > 1 else slice(None)
+    return sum(times[timed]) / max(sum(images[timed]), 1)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # --------------------------------------------------------------------------------------------- 2. fit
 
 
-def _fit(run: Run, state: RunState, progress: bool) -> TrainResult:
+def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult:
     cfg, plan = run.cfg, run.plan
+    epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
     run.log(
         f"training {cfg.model.name} on {cfg.data.dataset} ({run.data.train.num_samples:,} images, "
-        f"{len(run.data.class_names)} classes, {cfg.data.image_size} px) for {cfg.train.epochs} epochs "
-        f"= {plan.total_steps:,} steps on {run.device.type} ({cfg.train.precision})"
-        + (f", {run.dist.world_size} processes" if run.dist.enabled else "")
+        f"{len(run.data.class_names)} classes, {cfg.data.image_size} px) for "
+        f"{plan.total_steps / plan.steps_per_epoch:.3g} epochs = {plan.total_steps:,} steps on {run.device.type} "
+        f"({cfg.train.precision})" + (f", {run.dist.world_size} processes" if run.dist.enabled else "")
     )
-    clock = Clock(state.elapsed)
     writer = _tensorboard(run) if run.dist.is_main else None
     stopped = "finished"
     with _StopFlag() as signals, contextlib.closing(EpochBar(progress)) as bar:
-        while state.epoch < cfg.train.epochs:
+        while state.epoch < epochs and state.step < plan.total_steps:
             epoch_started = clock.elapsed()
             stats = EpochStats()
+            logged = dataclasses.replace(stats)  # the window since the last steps.jsonl row
             reason: str | None = None
             _training_mode(run)
-            bar.start(state.epoch, cfg.train.epochs, plan.batches_per_epoch, state.batch)
+            bar.start(state.epoch, epochs, plan.batches_per_epoch, state.batch)
             for x, y in run.data.train.epoch(state.epoch, state.batch):
                 stepped = _train_batch(run, state, x, y, stats, clock)
                 bar.batch_done()
                 if not stepped:
                     continue
                 bar.show(stats, run.learning_rate(state.step - 1))
+                if cfg.train.log_every_steps and state.step % cfg.train.log_every_steps == 0:
+                    _log_steps(run, state, stats.since(logged), clock, writer)
+                    logged = dataclasses.replace(stats)
                 reason = _stop_reason(run, state, clock, signals)
                 if reason:
                     break
                 if cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
                     _save_last(run, state, clock)
             bar.close()
-            if reason and state.batch < plan.batches_per_epoch:  # stopped inside the epoch: keep the exact position
-                _save_last(run, state, clock)
-                run.log(f"stopped ({reason}) at step {state.step}; checkpoint {run.last_path}")
-                stopped = reason
-                break
-            _end_epoch(run, state, stats, clock, clock.elapsed() - epoch_started, writer)
-            if reason:
-                run.log(f"stopped ({reason}) after epoch {state.epoch}; checkpoint {run.last_path}")
+            partial = state.batch < plan.batches_per_epoch  # stopped inside the epoch: keep the exact position
+            _end_epoch(run, state, stats, clock, clock.elapsed() - epoch_started, writer, partial=partial)
+            if reason and reason != "finished":
+                where = f"at step {state.step}" if partial else f"after epoch {state.epoch}"
+                run.log(f"stopped ({reason}) {where}; checkpoint {run.last_path}")
                 stopped = reason
                 break
     if writer is not None:
@@ -391,9 +505,11 @@ def _stop_reason(run: Run, state: RunState, clock: Clock, signals: _StopFlag) ->
     asks it at every step, and all of them stop if any one must."""
     cfg = run.cfg.train
     reason = signals.reason
+    if reason is None and state.step >= run.plan.total_steps:
+        reason = "finished"  # the schedule's last step, which may fall inside an epoch
     if reason is None and cfg.max_steps and state.step >= cfg.max_steps:
         reason = "max_steps"
-    if reason is None and cfg.max_minutes and clock.elapsed() > cfg.max_minutes * 60:
+    if reason is None and cfg.max_minutes and clock.elapsed() > _hard_limit(run):
         reason = "max_minutes"
     if any_rank(reason is not None, run.dist) and reason is None:
         reason = "stopped by another process"
@@ -403,30 +519,64 @@ def _stop_reason(run: Run, state: RunState, clock: Clock, signals: _StopFlag) ->
 # ---------------------------------------------------------------------------------------- 3. epoch end
 
 
-def _end_epoch(run: Run, state: RunState, stats: EpochStats, clock: Clock, epoch_seconds: float, writer: Any) -> None:
+def _hard_limit(run: Run) -> float:
+    """Seconds on the clock after which a budgeted run stops whatever its plan: early enough that the last
+    validation and the test evaluation still fit, if this machine got slower than it measured."""
+    budget = run.cfg.train.max_minutes * 60
+    if run.plan.budget is None:
+        return budget
+    return budget - run.plan.budget.val_seconds - run.plan.budget.test_seconds
+
+
+def _log_steps(run: Run, state: RunState, window: EpochStats, clock: Clock, writer: Any) -> None:
+    """One steps.jsonl row (and TensorBoard points) for the steps since the last: a short run still has curves."""
+    if not run.dist.is_main or window.seen == 0:
+        return
+    row: dict[str, Any] = {
+        "step": state.step,
+        "epoch": round(state.epoch + state.batch / run.plan.batches_per_epoch, 4),
+        **window.as_dict(),
+        "lr": run.learning_rate(state.step - 1),
+        "elapsed_minutes": clock.elapsed() / 60,
+    }
+    state.steps_log.append(row)
+    atomic_write_text(run.out / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in state.steps_log))
+    if writer is not None:
+        for key in ("train_loss", "train_top1", "lr", "img_per_s"):
+            writer.add_scalar(f"steps/{key}", row[key], state.step)
+
+
+def _end_epoch(
+    run: Run, state: RunState, stats: EpochStats, clock: Clock, epoch_seconds: float, writer: Any, *, partial: bool
+) -> None:
     """Validate the model (and its EMA), log a line, write metrics.jsonl, TensorBoard, last.pt and, when
-    validation improved, best.pt. Only rank 0 validates and writes; the others wait for it."""
+    validation improved, best.pt. Only rank 0 validates and writes; the others wait for it. A ``partial``
+    epoch (the run stopped inside it) keeps its position, so a resumed run finishes the epoch."""
     if not run.dist.is_main:
-        state.epoch, state.batch = state.epoch + 1, 0
+        if not partial:
+            state.epoch, state.batch = state.epoch + 1, 0
         barrier(run.dist)
         return
     entry: dict[str, Any] = {
-        "epoch": state.epoch + 1,
+        "epoch": round(state.epoch + state.batch / run.plan.batches_per_epoch, 4) if partial else state.epoch + 1,
         "step": state.step,
         **stats.as_dict(),
         "lr": run.learning_rate(max(state.step - 1, 0)),
         "epoch_seconds": epoch_seconds,
     }
+    if partial:
+        entry["partial"] = True
     entry.update(_validate(run))
     entry["elapsed_minutes"] = clock.elapsed() / 60
     state.history.append(entry)
-    state.epoch, state.batch = state.epoch + 1, 0
+    if not partial:
+        state.epoch, state.batch = state.epoch + 1, 0
     run.log(_epoch_line(entry))
     atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(e) + "\n" for e in state.history))
     if writer is not None:
         for key, value in entry.items():
             if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                writer.add_scalar(key, value, entry["epoch"])
+                writer.add_scalar(key, value, entry["step"])
         writer.flush()
     weights = "ema" if entry.get("ema_val_top1", -1) > entry.get("val_top1", -1) else "model"
     best = max(entry.get("val_top1", -1.0), entry.get("ema_val_top1", -1.0))
@@ -457,7 +607,8 @@ def _validate(run: Run) -> dict[str, float]:
 
 
 def _epoch_line(entry: dict[str, Any]) -> str:
-    parts = [f"epoch {entry['epoch']}", f"train loss {entry['train_loss']:.4f} acc {entry['train_top1']:.4f}"]
+    epoch = f"epoch {entry['epoch']}" + (" (partial)" if entry.get("partial") else "")
+    parts = [epoch, f"train loss {entry['train_loss']:.4f} acc {entry['train_top1']:.4f}"]
     if "val_top1" in entry:
         parts.append(f"val loss {entry['val_loss']:.4f} top1 {entry['val_top1']:.4f}")
     if "ema_val_top1" in entry:
@@ -501,6 +652,8 @@ def _payload(run: Run, state: RunState, *, weights: str) -> dict[str, Any]:
         "elapsed": state.elapsed,
         "best_top1": state.best_top1,
         "history": state.history,
+        "steps_log": state.steps_log,
+        "plan": run.plan.budget.to_dict() if run.plan.budget else None,
         "optimizer": run.optimizer.state_dict(),
         "rng": torch.get_rng_state(),
     }
@@ -529,6 +682,7 @@ def _restore(payload: dict[str, Any], run: Run) -> RunState:
         elapsed=float(payload.get("elapsed", 0.0)),
         best_top1=float(payload.get("best_top1", -1.0)),
         history=list(payload.get("history", [])),
+        steps_log=list(payload.get("steps_log", [])),
     )
 
 

@@ -28,6 +28,15 @@ class EpochStats:
         self.seen += batch
         self.seconds += seconds
 
+    def since(self, earlier: EpochStats) -> EpochStats:
+        """The batches added after ``earlier`` (a copy of this object taken then): a window of the epoch."""
+        return EpochStats(
+            self.loss_sum - earlier.loss_sum,
+            self.correct - earlier.correct,
+            self.seen - earlier.seen,
+            self.seconds - earlier.seconds,
+        )
+
     def as_dict(self) -> dict[str, float]:
         return {
             "train_loss": self.loss_sum / max(self.seen, 1),

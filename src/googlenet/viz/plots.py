@@ -54,21 +54,29 @@ def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, t
 LABELS = {"train_loss": "train loss (with aux, smoothed)", "train_top1": "train top-1 (augmented)"}
 
 
-def curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
-    """Loss, accuracy and learning rate against epoch, from metrics.jsonl entries."""
+def curves_png(
+    history: list[dict[str, Any]], path: str | Path, title: str, steps: list[dict[str, Any]] | None = None
+) -> None:
+    """Loss, accuracy and learning rate against epoch, from metrics.jsonl entries; with ``steps`` (steps.jsonl
+    rows, logged every few dozen steps) the training series and the learning rate are drawn from those, so a
+    short run is a curve rather than a few points."""
     epochs = [h["epoch"] for h in history]
     fig = _figure("drawing the training curves", figsize=(15, 4))
     axes = fig.subplots(1, 3)
     series = (
         (axes[0], "loss", ("train_loss", "val_loss", "ema_val_loss")),
         (axes[1], "top-1 accuracy", ("train_top1", "val_top1", "ema_val_top1")),
-        (axes[2], "learning rate (end of epoch)", ("lr",)),
+        (axes[2], "learning rate", ("lr",)),
     )
     for ax, label, keys in series:
         for key in keys:
+            name = LABELS.get(key, key.replace("_", " "))
+            if steps and key in steps[0]:  # the training side, every few dozen steps
+                ax.plot([r["epoch"] for r in steps], [r[key] for r in steps], linewidth=1.2, label=name)
+                continue
             values = [h.get(key) for h in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="o", label=LABELS.get(key, key.replace("_", " ")))
+                ax.plot(epochs, values, marker="o", label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -1,0 +1,134 @@
+"""The peer: torchvision's googlenet trained on Fashion-MNIST the obvious way, timed on this machine.
+
+The recipe a practitioner would write without this project: torchvision.models.googlenet with its 224-px
+stem given 1-channel input, images resized to 64 px, SGD with a one-cycle learning rate (peak 0.1), label
+smoothing 0.1, random crop + flip, the auxiliary losses at 0.3, bf16 autocast, channels_last, batch 128,
+10 epochs on all 60,000 training images, then the 10,000 test images. It prints one JSON line with the
+test top-1, the wall-clock minutes (data loading included) and the CPU model, for docs/results.md.
+
+    python bench/peer_torchvision.py --seed 0 --data data [--epochs 10] [--json runs/peer-seed0.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from tqdm import tqdm
+
+SIZE = 64  # the peer's input: Fashion-MNIST upsampled so the 224-px stem leaves Inception 3a at 8 px
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel statistics
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load(root: str, train: bool) -> tuple[Tensor, Tensor]:
+    data = torchvision.datasets.FashionMNIST(root, train=train, download=False)
+    images = data.data.unsqueeze(1).float().div(255).sub(MEAN).div(STD)
+    return images, data.targets
+
+
+def to_input(x: Tensor) -> Tensor:
+    x = F.interpolate(x, size=SIZE, mode="bilinear", align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Random crop with 2 px of padding (at 28 px) and a random horizontal flip, per image."""
+    n = x.shape[0]
+    padded = F.pad(x, (2, 2, 2, 2))
+    dx, dy = torch.randint(0, 5, (2, n), generator=generator)
+    rows = torch.arange(28).view(1, 28) + dy.view(n, 1)
+    cols = torch.arange(28).view(1, 28) + dx.view(n, 1)
+    crops = padded[torch.arange(n).view(n, 1, 1), 0, rows.view(n, 28, 1), cols.view(n, 1, 28)].unsqueeze(1)
+    flip = torch.rand(n, generator=generator) < 0.5
+    crops[flip] = crops[flip].flip(-1)
+    return crops
+
+
+def build_model() -> nn.Module:
+    model = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=True, transform_input=False)
+    model.conv1.conv = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)  # grayscale input
+    return model.to(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def test_top1(model: nn.Module, images: Tensor, labels: Tensor) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), 500):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(to_input(images[start : start + 500]))
+        correct += int((logits.float().argmax(1) == labels[start : start + 500]).sum())
+    return correct / len(labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data", help="folder holding FashionMNIST/raw (make data puts it there)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_x, train_y = load(args.data, train=True)
+    test_x, test_y = load(args.data, train=False)
+    model = build_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(train_y) / args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.1, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(train_y), generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"peer epoch {epoch + 1}/{args.epochs}", leave=False)
+        for index in bar:
+            picked = order[index * args.batch_size : (index + 1) * args.batch_size]
+            x, y = to_input(augment(train_x[picked], generator)), train_y[picked]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+                loss = loss_fn(out.logits, y) + 0.3 * (loss_fn(out.aux_logits1, y) + loss_fn(out.aux_logits2, y))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        print(f"epoch {epoch + 1}: {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    result = {
+        "peer": "torchvision googlenet, 64 px, one-cycle lr 0.1, batch 128",
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "test_top1": test_top1(model, test_x, test_y),
+        "minutes": (time.monotonic() - started) / 60,
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
