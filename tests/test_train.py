@@ -91,7 +91,9 @@ def test_resume_after_n_steps_is_bit_identical(fashion_root: Path, finished_run:
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
-    assert [h["val_top1"] for h in a["history"]] == [h["val_top1"] for h in b["history"]]
+    # The stop at step 4 validated there (a partial row); the epoch rows are the uninterrupted run's.
+    assert [h["epoch"] for h in b["history"]] == [1, 1.3333, 2] and b["history"][1]["partial"]
+    assert [h["val_top1"] for h in a["history"]] == [h["val_top1"] for h in b["history"] if not h.get("partial")]
     # the resumed optimizer runs the kernel this device supports (fused SGD on CPU), not the checkpoint's
     assert {g["fused"] for g in b["optimizer"]["param_groups"]} == {True}
 
@@ -217,3 +219,24 @@ def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
         expected = expected * d + model[0].weight.detach() * (1 - d)
     torch.testing.assert_close(ema.module[0].weight, expected)
     assert int(ema.module[1].num_batches_tracked) == 4
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
+    from googlenet.evaluation.metrics import FlipAverage
+    from googlenet.training.data import eval_split
+
+    checkpoint = finished_run / "checkpoints" / "best.pt"
+    model, prep, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    model.eval()
+    x, _ = next(iter(eval_split(tiny_config(fashion_root).data, prep, "val", 0).epoch(0)))
+    with torch.no_grad():
+        averaged = FlipAverage(model)(x)
+        by_hand = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+        assert torch.allclose(averaged.exp(), by_hand, atol=1e-6)
+        assert torch.allclose(FlipAverage(model)(x.flip(3)), averaged, atol=1e-5)  # a mirror image: same answer
+    report = evaluate_checkpoint(checkpoint, split="val", out_dir=tmp_path, tta="flip")
+    plain = evaluate_checkpoint(checkpoint, split="val", out_dir=tmp_path / "plain")
+    assert json.loads((tmp_path / "eval_val.json").read_text())["tta"] == "flip"
+    assert report.result.num_samples == plain.result.num_samples == 300
+    assert report.result.loss != plain.result.loss  # the mirrored views changed the predictions
+    assert main(["evaluate", str(checkpoint), "--tta", "flip", "--crops", "10"]) == 2

@@ -110,9 +110,8 @@ def evaluate_checkpoint(
     def bar(stream: Any, total: int) -> Any:
         return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
 
-    if tta == "flip":
-        engine = FlipAverage(engine)
-    result = evaluate_batches(engine, batches, len(class_names), progress=bar)
+    scorer = FlipAverage(engine) if tta == "flip" else engine
+    result = evaluate_batches(scorer, batches, len(class_names), progress=bar)
     report = EvalReport(
         checkpoint=checkpoint,
         split=split,

@@ -45,7 +45,7 @@ from googlenet.model import GoogLeNet, create_model, get_variant
 from googlenet.training.budget import BudgetPlan, Timing, Workload, plan_steps
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
-from googlenet.training.data import DataBundle, Preprocessing, build_data, test_split_size
+from googlenet.training.data import Batches, DataBundle, Preprocessing, build_data, test_split_size
 from googlenet.training.device import autocast, resolve_device, to_device
 from googlenet.training.distributed import (
     DistInfo,
@@ -326,13 +326,16 @@ def _plan_budget(run: Run, state: RunState, clock: Clock, resumed: dict[str, Any
     if state.step >= run.plan.total_steps:
         return  # nothing left to plan
     step_seconds, eval_seconds_per_image = _measure(run)
-    step_seconds, eval_seconds_per_image = max_over_ranks([step_seconds, eval_seconds_per_image], run.dist)
+    # Every process must plan the same steps (their learning rates must agree): all plan by the slowest.
+    step_seconds, eval_seconds_per_image, overhead = max_over_ranks(
+        [step_seconds, eval_seconds_per_image, clock.elapsed()], run.dist
+    )
     val_images = run.data.val.num_samples if run.data.val is not None else 0
     timing = Timing(
         step_seconds=step_seconds,
         images_per_step=cfg.data.batch_size * run.plan.accumulate,
         eval_images_per_second=1 / eval_seconds_per_image,
-        overhead_seconds=clock.elapsed(),
+        overhead_seconds=overhead,
     )
     work = Workload(
         steps_per_epoch=run.plan.steps_per_epoch,
@@ -350,8 +353,11 @@ def _measure(run: Run) -> tuple[float, float]:
     """(seconds per optimizer step, seconds per evaluated image), timed on a throw-away copy of the model and
     optimizer over the first batches, so the real run starts untouched. The random state is put back, so a
     measured run takes the same steps as one that was not measured."""
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    with _random_state_kept(run.device):
+        return _time_steps(run)
+
+
+def _time_steps(run: Run) -> tuple[float, float]:
     model = copy.deepcopy(run.model)
     trial = dataclasses.replace(
         run,
@@ -371,11 +377,7 @@ def _measure(run: Run) -> tuple[float, float]:
             break
     gaps = sorted(b - a for a, b in zip(marks[WARMUP_STEPS - 1 :], marks[WARMUP_STEPS:], strict=False))
     step_seconds = gaps[len(gaps) // 2] if gaps else marks[-1] / len(marks)  # the median: robust to a hiccup
-    eval_seconds_per_image = _measure_evaluation(run, model)
-    torch.set_rng_state(rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state_all(cuda_rng)
-    return step_seconds, eval_seconds_per_image
+    return step_seconds, _measure_evaluation(run, _for_evaluation(run, model))
 
 
 def _measure_evaluation(run: Run, model: nn.Module) -> float:
@@ -393,6 +395,13 @@ def _measure_evaluation(run: Run, model: nn.Module) -> float:
             break
     timed = slice(1, None) if len(times) > 1 else slice(None)
     return sum(times[timed]) / max(sum(images[timed]), 1)
+
+
+def _random_state_kept(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Whatever runs inside leaves the random state as it found it: measuring and validating (whose inference
+    copy builds new layers, and layers draw their initial weights) must not change the dropout masks of the
+    steps that follow, or a run validated mid-epoch would differ from one that was not."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
 
 def _synchronize(device: torch.device) -> None:
@@ -415,6 +424,10 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
     writer = _tensorboard(run) if run.dist.is_main else None
     stopped = "finished"
     with _StopFlag() as signals, contextlib.closing(EpochBar(progress)) as bar:
+        already = _stop_reason(run, state, clock, signals) if state.step else None
+        if already and already != "finished":  # resumed with its limit already reached: nothing to add
+            run.log(f"nothing to do: the run already stopped ({already}) at step {state.step}")
+            epochs, stopped = 0, already
         while state.epoch < epochs and state.step < plan.total_steps:
             epoch_started = clock.elapsed()
             stats = EpochStats()
@@ -437,7 +450,8 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
                 if cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
                     _save_last(run, state, clock)
             bar.close()
-            partial = state.batch < plan.batches_per_epoch  # stopped inside the epoch: keep the exact position
+            # Stopped inside the epoch: keep the exact position. (A stream that simply ran short ends its epoch.)
+            partial = reason is not None and state.batch < plan.batches_per_epoch
             _end_epoch(run, state, stats, clock, clock.elapsed() - epoch_started, writer, partial=partial)
             if reason and reason != "finished":
                 where = f"at step {state.step}" if partial else f"after epoch {state.epoch}"
@@ -594,16 +608,32 @@ def _end_epoch(
 def _validate(run: Run) -> dict[str, float]:
     if run.data.val is None:
         return {}
+    with _random_state_kept(run.device):
+        return _validate_split(run, run.data.val)
+
+
+def _validate_split(run: Run, val: Batches) -> dict[str, float]:
     kwargs: dict[str, Any] = {
         "device": run.device,
         "precision": run.cfg.train.precision,
         "channels_last": run.cfg.train.channels_last,
     }
     classes = len(run.data.class_names)
-    metrics = evaluate_batches(run.model, run.data.val, classes, **kwargs).as_dict("val_")
+    metrics = evaluate_batches(_for_evaluation(run, run.model), val, classes, **kwargs).as_dict("val_")
     if run.ema is not None:
-        metrics.update(evaluate_batches(run.ema.module, run.data.val, classes, **kwargs).as_dict("ema_val_"))
+        ema = _for_evaluation(run, run.ema.module)
+        metrics.update(evaluate_batches(ema, val, classes, **kwargs).as_dict("ema_val_"))
     return metrics
+
+
+def _for_evaluation(run: Run, model: nn.Module) -> nn.Module:
+    """What validation runs: with train.speedups, a copy with BatchNorm folded into the convolutions (as the
+    torch inference engine runs it; the same outputs within float rounding, less time), else the model."""
+    if not run.cfg.train.speedups or run.cfg.train.sync_bn or not isinstance(model, GoogLeNet):
+        return model
+    from googlenet.speedups import optimize_for_inference
+
+    return optimize_for_inference(model, channels_last=run.cfg.train.channels_last)
 
 
 def _epoch_line(entry: dict[str, Any]) -> str:
