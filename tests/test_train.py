@@ -240,3 +240,10 @@ def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashio
     assert report.result.num_samples == plain.result.num_samples == 300
     assert report.result.loss != plain.result.loss  # the mirrored views changed the predictions
     assert main(["evaluate", str(checkpoint), "--tta", "flip", "--crops", "10"]) == 2
+
+
+def test_without_validation_best_pt_is_the_latest_averaged_model(fashion_root: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(fashion_root, "data.val_fraction=0"), tmp_path, log=quiet)
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["position"]["step"] == result.step == 6  # not stuck at the first epoch's
+    assert best["weights"] == "ema" and "val_top1" not in best["history"][-1]

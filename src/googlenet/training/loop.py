@@ -592,9 +592,12 @@ def _end_epoch(
             if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                 writer.add_scalar(key, value, entry["step"])
         writer.flush()
-    weights = "ema" if entry.get("ema_val_top1", -1) > entry.get("val_top1", -1) else "model"
-    best = max(entry.get("val_top1", -1.0), entry.get("ema_val_top1", -1.0))
-    improved = best > state.best_top1 or not run.best_path.exists()
+    if "val_top1" in entry:
+        weights = "ema" if entry.get("ema_val_top1", -1) > entry["val_top1"] else "model"
+        best = max(entry["val_top1"], entry.get("ema_val_top1", -1.0))
+        improved = best > state.best_top1 or not run.best_path.exists()
+    else:  # nothing held out to judge by: best.pt is the latest, with the averaged weights when there are some
+        weights, best, improved = ("ema" if run.ema is not None else "model"), -1.0, True
     state.best_top1 = max(best, state.best_top1)
     state.elapsed = clock.elapsed()
     _check_finite(run.model, state)
