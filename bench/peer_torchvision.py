@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -24,15 +23,10 @@ import torchvision
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from googlenet.benchmark import machine_name
+
 SIZE = 64  # the peer's input: Fashion-MNIST upsampled so the 224-px stem leaves Inception 3a at 8 px
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel statistics
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def load(root: str, train: bool) -> tuple[Tensor, Tensor]:
@@ -119,7 +113,7 @@ def main() -> None:
         "epochs": args.epochs,
         "test_top1": test_top1(model, test_x, test_y),
         "minutes": (time.monotonic() - started) / 60,
-        "cpu": cpu_model(),
+        "cpu": machine_name(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -427,8 +427,8 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
         already = _stop_reason(run, state, clock, signals) if state.step else None
         if already and already != "finished":  # resumed with its limit already reached: nothing to add
             run.log(f"nothing to do: the run already stopped ({already}) at step {state.step}")
-            epochs, stopped = 0, already
-        while state.epoch < epochs and state.step < plan.total_steps:
+            stopped = already
+        while stopped == "finished" and state.epoch < epochs and state.step < plan.total_steps:
             epoch_started = clock.elapsed()
             stats = EpochStats()
             logged = dataclasses.replace(stats)  # the window since the last steps.jsonl row
