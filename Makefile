@@ -8,7 +8,10 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: setup data demo test lint typecheck unit check-core benchmark-fashion-mnist benchmark-peer benchmark-speed clean
 
+# The C++ training kernels (src/googlenet/kernels) build once per environment and source; without a compiler
+# this says so and training uses ATen.
 setup: $(STAMP)
+	@$(BIN)/python -m googlenet.kernels build --quiet
 
 # pyproject.toml gives ranges; constraints.txt pins every version set-up installs (torch and torchvision among
 # them: pip takes those from the local disk where they lie). The dev environment has every extra.

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from googlenet import kernels
 from googlenet.cli import main
 from googlenet.training.config import Config
 from helpers import make_checkpoint, make_folder
@@ -37,7 +38,11 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
     ours |= {"ours: openvino bf16", "ours: openvino int8"}
     assert {("inference", n) for n in expected_peers | ours} <= names
     assert ("training", "ours: googlenet train path (bf16, channels_last)") in names
-    assert ("Fashion-MNIST training", "eager fp32") in names
+    assert ("Fashion-MNIST training", "ours: eager fp32") in names
+    assert ("Fashion-MNIST training", "torchvision eager bf16 + channels_last, our small-image stem") in names
+    if kernels.loaded():  # what the C++ training kernels add, beside the same path on ATen
+        without = "ours without the C++ training kernels (ATen)"
+        assert {("training", without), ("Fashion-MNIST training", without)} <= names
     assert ("Fashion-MNIST inference", "openvino int8") in names
     assert set(report["roof_gflops"]) == {"bf16", "fp32"}
     assert all(v > 0 for v in report["roof_gflops"].values())

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from googlenet import kernels
 from googlenet.training import checkpoint as checkpoint_module
 from googlenet.training.checkpoint import load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, load_config
@@ -30,7 +31,9 @@ RUN = [
     "data.eval_batch_size=300",
     "train.epochs=3",
     "train.precision=fp32",
-    "train.channels_last=false",
+    "model.name=small",
+    "data.image_size=28",
+    "train.channels_last=true",  # channels_last: the steps run through the C++ kernels where they are built
     "train.deterministic=true",
     "train.ema_decay=0.9",
     "train.save_every_steps=1",
@@ -44,8 +47,10 @@ def run_args(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     out = tmp_path_factory.mktemp("reference")
-    result = train(load_config(CONFIG, run_args(fashion_root)), out, log=lambda _: None)
+    lines: list[str] = []
+    result = train(load_config(CONFIG, run_args(fashion_root)), out, log=lines.append)
     assert result.stopped == "finished" and result.step == 9
+    assert kernels.describe() in lines  # the C++ kernels where the set-up built them, else ATen, said once
     return load_checkpoint(out / "checkpoints" / "last.pt")
 
 

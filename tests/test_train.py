@@ -21,6 +21,8 @@ from googlenet.training.optim import ema_with_warmup
 from googlenet.viz.report import write_report
 
 TINY = [
+    "model.name=small",  # the preset's recipe on the 28 px variant: the cheapest full-width model
+    "data.image_size=28",
     "data.train_subset=96",
     "data.val_fraction=0.005",  # 300 validation images
     "data.batch_size=32",

@@ -9,6 +9,7 @@ timed call above its resident size just before (Linux: /proc/self/clear_refs res
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import gc
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from googlenet import kernels
 from googlenet.deploy.engines import (
     Engine,
     build_engine,
@@ -262,15 +264,21 @@ def _train_step(
     bf16: bool,
     torchvision_outputs: bool = False,
     compiled: bool = False,
+    aten: bool = False,
 ) -> Callable[[], object]:
     """One SGD step as `googlenet train` takes it (momentum 0.9, weight decay, aux loss 0.3, the fused SGD
-    kernel). Peers get the same optimizer: the ratio measures the model, not the training loop."""
+    kernel). Peers get the same optimizer: the ratio measures the model, not the training loop. ``aten``: with
+    ATen's max-pool and BatchNorm instead of the C++ training kernels (``googlenet.kernels``)."""
     model.to(x.device).train()
     fused = x.device.type in FUSED_SGD_DEVICES
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4, fused=fused)
     loss_fn = torch.compile(training_loss) if compiled else training_loss
 
     def step() -> object:
+        with kernels.use_aten() if aten else contextlib.nullcontext():
+            return one_step()
+
+    def one_step() -> object:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             if torchvision_outputs:  # torchvision returns a GoogLeNetOutputs tuple in training
                 out = model(x)
@@ -311,6 +319,7 @@ def _training_cases(opts: BenchmarkOptions) -> list[Case]:
              _train_step(peer, x, y, bf16=True, torchvision_outputs=True), opts.train_batch, flops, peer=True),
         Case(section, "ours: googlenet train path (bf16, channels_last)", _train_step(ours, x, y, bf16=True),
              opts.train_batch, flops),
+        *_without_kernels(section, ours, x, y, opts.train_batch, flops),
     ]  # fmt: skip
     if opts.compile:  # what train.compile = true does: the loss function through torch.compile
         compiled = copy.deepcopy(ours)
@@ -320,23 +329,49 @@ def _training_cases(opts: BenchmarkOptions) -> list[Case]:
     return cases
 
 
+def _without_kernels(section: str, model: GoogLeNet, x: Tensor, y: Tensor, batch: int, flops: float) -> list[Case]:
+    """Our train path on ATen's max-pool and BatchNorm: what the C++ training kernels add (none where they
+    are not built or not used on this device)."""
+    if not kernels.loaded() or x.device.type != "cpu":
+        return []
+    step = _train_step(copy.deepcopy(model), x, y, bf16=True, aten=True)
+    return [Case(section, "ours without the C++ training kernels (ATen)", step, batch, flops)]
+
+
+def _small_stem_peer(num_classes: int) -> nn.Module:
+    """torchvision's googlenet given our small-image stem: one input channel, a 3x3/1 first convolution and no
+    second stem pool, so Inception 3a sees the same 14 px maps from 28 px images as our `small` variant."""
+    import torchvision
+    from torchvision.models.googlenet import BasicConv2d
+
+    peer = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=True, init_weights=True)
+    peer.transform_input = False
+    peer.conv1 = BasicConv2d(1, 64, kernel_size=3, padding=1)
+    peer.maxpool2 = nn.Identity()
+    return peer
+
+
 def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
     torch.manual_seed(0)
     size, batch = opts.fashion_size, opts.fashion_batch
     setting = f"small variant, 1 x {size} x {size}, batch {batch}"
-    section = f"Fashion-MNIST training: {setting}"
+    section = f"Fashion-MNIST training: {setting}, with auxiliary heads"
     plain = create_model("small", num_classes=10, in_channels=1)
     train_flops = 3 * 2.0 * forward_macs(plain, 1, size, training=True)  # counted on the plain model's layers
-    optimize_for_training(plain)  # both cases run our training modules; they differ in precision and layout
+    optimize_for_training(plain)  # all our cases run our training modules; they differ in precision and layout
     fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    peer = _small_stem_peer(10).to(memory_format=torch.channels_last)
     device = torch.device(opts.device)
     x = torch.randn(batch, 1, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     cases = [
-        Case(section, "eager fp32", _train_step(plain, x, y, bf16=False), batch, train_flops),
+        Case(section, "torchvision eager bf16 + channels_last, our small-image stem",
+             _train_step(peer, x_cl, y, bf16=True, torchvision_outputs=True), batch, train_flops, peer=True),
+        Case(section, "ours: eager fp32", _train_step(plain, x, y, bf16=False), batch, train_flops),
         Case(section, "ours: googlenet train path (bf16, channels_last)", _train_step(fast, x_cl, y, bf16=True), batch,
              train_flops),
+        *_without_kernels(section, fast, x_cl, y, batch, train_flops),
     ]  # fmt: skip
     model = create_model("small", num_classes=10, in_channels=1, aux=False).eval()
     flops = 2.0 * forward_macs(model, 1, size, training=False)

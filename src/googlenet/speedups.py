@@ -51,7 +51,13 @@ The rewrites, and why each is exact:
    backward a whole gradient tensor instead of a channel slice of one, which its CPU kernel runs several
    times slower.
 
-3. BatchNorm folded into the convolution before it (inference only): in eval mode BatchNorm is the affine
+3. C++ training kernels (``googlenet.kernels``; the training swap only): every max-pool runs the kernel that
+   saves one-byte in-window indices (with the ReLU of rewrite 2 fused into it), and every training-mode
+   BatchNorm followed by a ReLU runs as one fused kernel (``FusedConvBlock``, and the stacked BatchNorm of
+   rewrite 1). They compute ATen's results within float rounding and fall back to ATen wherever they do not
+   apply or were not built.
+
+4. BatchNorm folded into the convolution before it (inference only): in eval mode BatchNorm is the affine
    map y = gamma (x - mean) / sqrt(var + eps) + beta per channel, and an affine map per output channel
    after a convolution is again a convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``). The result
    equals the eval-mode model within float rounding.
@@ -67,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from googlenet import kernels
 from googlenet.model import ConvBlock, GoogLeNet, Inception, InceptionSpec
 
 # (block, the max-pool after it) pairs of GoogLeNet whose ReLU can move after the pool.
@@ -91,7 +98,42 @@ class PooledConvBlock(nn.Module):
         self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
-        return cast(Tensor, self.relu(self.pool(_pre_activation(self, x))))
+        return kernels.max_pool2d(_pre_activation(self, x), self.pool, relu=True)
+
+
+class FusedConvBlock(ConvBlock):
+    """A ConvBlock whose training-mode BatchNorm and ReLU run as one kernel (``googlenet.kernels``), holding the
+    block's own conv, bn and relu. Elsewhere (eval mode, no BatchNorm, kernels not built) it is the ConvBlock."""
+
+    def __init__(self, block: ConvBlock) -> None:
+        nn.Module.__init__(self)
+        self.training = block.training  # the mode of the module it stands in for
+        self.conv = block.conv
+        self.bn = block.bn
+        self.relu = block.relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        if kernels.fusable_batchnorm(self.bn):
+            return kernels.module_batch_norm_relu(self.conv(x), cast(nn.BatchNorm2d, self.bn))
+        return super().forward(x)
+
+
+class CompactMaxPool2d(nn.MaxPool2d):
+    """The same max-pool, trained through the compact-index kernel where it applies (``googlenet.kernels``)."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__(
+            pool.kernel_size,
+            pool.stride,
+            pool.padding,
+            pool.dilation,
+            return_indices=pool.return_indices,
+            ceil_mode=pool.ceil_mode,
+        )
+        self.training = pool.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.max_pool2d(x, self)
 
 
 class MergedInception(nn.Module):
@@ -126,16 +168,16 @@ class MergedInception(nn.Module):
         # (N, C_in, H, W) -> (N, ch1x1 + ch3x3 + ch5x5 + pool_proj, H, W), or pooled
         if self.pool is None:
             return torch.cat(self._branches(x, activate=True), 1)
-        return torch.cat([F.relu(self.pool(b), inplace=True) for b in self._branches(x, activate=False)], 1)
+        return torch.cat([kernels.max_pool2d(b, self.pool, relu=True) for b in self._branches(x, activate=False)], 1)
 
     def _branches(self, x: Tensor, *, activate: bool) -> list[Tensor]:
         """The four branch outputs; without each branch's last ReLU unless ``activate``."""
-        stacked = self._stacked_reductions(x)
+        stacked = self._stacked_reductions(x, relu=activate)
         if stacked is None:  # the three layers one by one, as the plain module runs them
             b1 = self.branch1(x) if activate else _pre_activation(self.branch1, x)
             r3, r5 = self.branch2[0](x), self.branch3[0](x)
-        elif activate:
-            b1, r3, r5 = torch.split(F.relu(stacked, inplace=True), self.widths, 1)
+        elif activate:  # ReLU applied with the stacked BatchNorm
+            b1, r3, r5 = torch.split(stacked, self.widths, 1)
         else:  # branch 1's ReLU is left to the caller; the reductions feed convolutions and need theirs now
             b1, reductions = torch.split(stacked, [self.widths[0], self.widths[1] + self.widths[2]], 1)
             r3, r5 = torch.split(F.relu(reductions), self.widths[1:], 1)
@@ -143,17 +185,18 @@ class MergedInception(nn.Module):
         inputs = (r3, r5, self.branch4[0](x))
         return [b1, *(tail(t) if activate else _pre_activation(tail, t) for tail, t in zip(tails, inputs, strict=True))]
 
-    def _stacked_reductions(self, x: Tensor) -> Tensor | None:
-        """The three reductions' pre-activations stacked along the channels, from one convolution (and one
-        BatchNorm); None where the merge would not be exact."""
+    def _stacked_reductions(self, x: Tensor, *, relu: bool) -> Tensor | None:
+        """The three reductions' pre-activations (activations if ``relu``) stacked along the channels, from one
+        convolution (and one BatchNorm); None where the merge would not be exact."""
         blocks = self._reductions()
         convs = [block.conv for block in blocks]
         if self.training and _stackable_batchnorm(blocks):
             y = F.conv2d(x, torch.cat([conv.weight for conv in convs]))
-            return _stacked_batch_norm(y, [cast(nn.BatchNorm2d, block.bn) for block in blocks])
+            return _stacked_batch_norm(y, [cast(nn.BatchNorm2d, block.bn) for block in blocks], relu=relu)
         if not self.training and all(type(b.bn) is nn.Identity and b.conv.bias is not None for b in blocks):
             bias = torch.cat([cast(Tensor, conv.bias) for conv in convs])
-            return F.conv2d(x, torch.cat([conv.weight for conv in convs]), bias)
+            y = F.conv2d(x, torch.cat([conv.weight for conv in convs]), bias)
+            return F.relu(y, inplace=True) if relu else y
         return None
 
 
@@ -171,8 +214,9 @@ class FrozenMergedInception(MergedInception):
             self.reduce.weight.copy_(torch.cat([conv.weight for conv in convs]))
             cast(Tensor, self.reduce.bias).copy_(torch.cat([cast(Tensor, conv.bias) for conv in convs]))
 
-    def _stacked_reductions(self, x: Tensor) -> Tensor | None:
-        return cast(Tensor, self.reduce(x))
+    def _stacked_reductions(self, x: Tensor, *, relu: bool) -> Tensor | None:
+        y = self.reduce(x)
+        return F.relu(y, inplace=True) if relu else y
 
 
 def _stackable_batchnorm(blocks: tuple[ConvBlock, ...]) -> bool:
@@ -192,14 +236,18 @@ def _stackable_batchnorm(blocks: tuple[ConvBlock, ...]) -> bool:
     return True
 
 
-def _stacked_batch_norm(y: Tensor, norms: list[nn.BatchNorm2d]) -> Tensor:
-    """Training-mode BatchNorm of the channel-stacked outputs of ``norms``' layers, updating each layer's
-    running statistics and batch count as its own forward would."""
+def _stacked_batch_norm(y: Tensor, norms: list[nn.BatchNorm2d], *, relu: bool) -> Tensor:
+    """Training-mode BatchNorm (then ReLU if ``relu``) of the channel-stacked outputs of ``norms``' layers,
+    updating each layer's running statistics and batch count as its own forward would."""
     mean = torch.cat([cast(Tensor, bn.running_mean) for bn in norms])
     var = torch.cat([cast(Tensor, bn.running_var) for bn in norms])
     weight = torch.cat([bn.weight for bn in norms])
     bias = torch.cat([bn.bias for bn in norms])
-    y = F.batch_norm(y, mean, var, weight, bias, True, cast(float, norms[0].momentum), norms[0].eps)
+    momentum, eps = cast(float, norms[0].momentum), norms[0].eps
+    if relu:
+        y = kernels.batch_norm_relu(y, mean, var, weight, bias, momentum, eps)
+    else:
+        y = F.batch_norm(y, mean, var, weight, bias, True, momentum, eps)
     widths = [bn.num_features for bn in norms]
     with torch.no_grad():  # batch_norm updated the stacked copies in place; hand each layer its share
         for bn, m, v in zip(norms, torch.split(mean, widths), torch.split(var, widths), strict=True):
@@ -211,7 +259,7 @@ def _stacked_batch_norm(y: Tensor, norms: list[nn.BatchNorm2d]) -> Tensor:
 
 def optimize_for_training(model: GoogLeNet) -> GoogLeNet:
     """Swap ``model``'s modules, in place, for ones that train faster and compute the same outputs,
-    gradients and BatchNorm statistics (rewrites 1 and 2 of the module docstring). Returns ``model``.
+    gradients and BatchNorm statistics (rewrites 1 to 3 of the module docstring). Returns ``model``.
     Parameters, buffers and state-dict keys are unchanged; calling it again changes nothing."""
     for block_name, pool_name in POOLED_BLOCKS:
         block, pool = getattr(model, block_name), getattr(model, pool_name)
@@ -229,6 +277,12 @@ def optimize_for_training(model: GoogLeNet) -> GoogLeNet:
     for name, child in list(model.named_children()):
         if isinstance(child, Inception):
             setattr(model, name, MergedInception(child))
+    for parent in list(model.modules()):  # rewrite 3: the kernels, for the blocks and pools left
+        for name, child in list(parent.named_children()):
+            if type(child) is ConvBlock:
+                setattr(parent, name, FusedConvBlock(child))
+            elif type(child) is nn.MaxPool2d:
+                setattr(parent, name, CompactMaxPool2d(child))
     return model
 
 

@@ -269,6 +269,10 @@ def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | Non
         from googlenet.speedups import optimize_for_training
 
         optimize_for_training(model)  # exact module swaps: same weights, outputs and gradients, less time
+        if device.type == "cpu" and cfg.train.channels_last and not cfg.train.compile:
+            from googlenet import kernels
+
+            log(kernels.describe())
 
     use_aux = cfg.model.aux_weight > 0 and model.has_aux
     forward: nn.Module = TrainForward(model, use_aux)
