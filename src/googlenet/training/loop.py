@@ -236,6 +236,11 @@ def _torch_settings(cfg: Config) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------- 1. build
 
 
+def _trains_aux_heads(cfg: Config, model: GoogLeNet) -> bool:
+    """Whether the auxiliary heads are run and their losses added: the model has them and they weigh something."""
+    return cfg.model.aux_weight > 0 and model.has_aux
+
+
 def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | None, log: Log) -> Run:
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
@@ -274,7 +279,7 @@ def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | Non
 
             log(kernels.describe())
 
-    use_aux = cfg.model.aux_weight > 0 and model.has_aux
+    use_aux = _trains_aux_heads(cfg, model)
     forward: nn.Module = TrainForward(model, use_aux)
     if dist.enabled:
         # Unused auxiliary heads (aux_weight 0) would otherwise stall DDP's gradient reduction.
@@ -366,7 +371,7 @@ def _time_steps(run: Run) -> tuple[float, float]:
     trial = dataclasses.replace(
         run,
         model=model,
-        forward=TrainForward(model, run.cfg.model.aux_weight > 0 and model.has_aux),
+        forward=TrainForward(model, _trains_aux_heads(run.cfg, model)),
         optimizer=build_optimizer(model, run.cfg, run.device),
         ema=build_ema(model, run.cfg.train.ema_decay),
         log=_silent,
