@@ -202,3 +202,24 @@ def test_a_missing_build_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(build, "build_root", lambda: tmp_path)
     assert not kernels.loaded()
     assert "not built" in kernels.describe()
+
+
+def test_the_set_up_survives_a_failed_build_and_says_why_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from googlenet.kernels.__main__ import main
+
+    monkeypatch.setattr(build, "build_root", lambda: tmp_path)  # nothing built there
+    monkeypatch.setattr(build, "compiler", lambda: "/usr/bin/c++")
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("Error building extension 'googlenet_kernels'\n[1/2] c++ ... error: something")
+
+    monkeypatch.setattr(build, "build", broken)
+    assert main(["build"]) == 0  # ATen still trains: the set-up goes on
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "did not build (Error building extension 'googlenet_kernels')" in err and "--verbose" in err
+    monkeypatch.setattr(build, "compiler", lambda: None)
+    assert main(["build"]) == 0
+    assert "no C++ compiler found" in capsys.readouterr().out

@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = build.build(verbose=args.verbose)
     except Exception as error:  # a failed build must not fail the set-up: ATen still trains
-        print(f"googlenet: the C++ training kernels did not build ({error}); training uses ATen's", file=sys.stderr)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        print(
+            f"googlenet: the C++ training kernels did not build ({reason}); training uses ATen's "
+            "(`python -m googlenet.kernels build --verbose` shows the compiler's output)",
+            file=sys.stderr,
+        )
         return 0
     print(f"googlenet: C++ training kernels built: {path}")
     return 0

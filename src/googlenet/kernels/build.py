@@ -67,16 +67,16 @@ def compiler() -> str | None:
 def build(*, verbose: bool = False) -> Path:
     """Compile the kernels for this environment (about a minute) and return the library's path. Builds in a
     temporary folder renamed into place, so an interrupted build leaves nothing half-written."""
-    from torch.utils import cpp_extension  # imports setuptools: only where something is built
-
     target = library_path()
     if target.is_file():
         return target
     if compiler() is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
     build_root().mkdir(parents=True, exist_ok=True)
-    # cpp_extension warns that it found no CUDA runtime: true, and irrelevant to a CPU-only extension.
+    # On import, cpp_extension warns that it found no CUDA runtime: true, and irrelevant to a CPU-only extension.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension  # imports setuptools: only where something is built
+
     with tempfile.TemporaryDirectory(dir=build_root(), prefix=".build-") as scratch:
         cpp_extension.load(
             name=NAME,
