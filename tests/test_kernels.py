@@ -223,3 +223,40 @@ def test_the_set_up_survives_a_failed_build_and_says_why_in_one_line(
     monkeypatch.setattr(build, "compiler", lambda: None)
     assert main(["build"]) == 0
     assert "no C++ compiler found" in capsys.readouterr().out
+
+
+@needs_kernels
+def test_max_pool_of_a_channel_slice_equals_aten_in_float64() -> None:
+    # The pooled Inception modules pool branch 1 as a channel slice of the stacked 1x1 output: pixels lie
+    # further apart than the slice's channels.
+    torch.manual_seed(5)
+    wide = channels_last(torch.randint(-3, 4, (2, 12, 9, 7), dtype=torch.float64)).requires_grad_()
+    part = wide[:, 3:10]
+    assert part.stride(1) == 1 and part.stride(3) == 12
+    pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+    out = kernels.max_pool2d(part, pool, relu=True)
+    reference = part.detach().clone().requires_grad_()
+    with kernels.use_aten():
+        expected = kernels.max_pool2d(reference, pool, relu=True)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    assert wide.grad is not None and reference.grad is not None
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(wide.grad[:, 3:10], reference.grad, rtol=1e-12, atol=1e-12)
+    assert not wide.grad[:, :3].any() and not wide.grad[:, 10:].any()
+
+
+@needs_kernels
+def test_second_derivatives_through_the_kernels_are_refused_not_wrong() -> None:
+    x = channels_last(torch.randn(2, 4, 6, 6, dtype=torch.float64)).requires_grad_()
+    y = kernels.max_pool2d(x, nn.MaxPool2d(3, 1, 1), relu=True).square().sum()
+    (grad,) = torch.autograd.grad(y, x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|twice"):
+        grad.sum().backward()
+
+
+def test_batchnorm_without_running_statistics_is_left_to_aten() -> None:
+    bn = nn.BatchNorm2d(4)
+    bn.track_running_stats = False
+    assert not kernels.fusable_batchnorm(bn)

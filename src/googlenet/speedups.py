@@ -231,6 +231,8 @@ def _stackable_batchnorm(blocks: tuple[ConvBlock, ...]) -> bool:
             return False
         if bn.running_mean is None or bn.running_var is None or bn.num_batches_tracked is None:
             return False
+        if not bn.track_running_stats:  # switched off after construction: the buffers stay but must not move
+            return False
         if (bn.eps, bn.momentum) != (getattr(first, "eps", None), getattr(first, "momentum", None)):
             return False
     return True

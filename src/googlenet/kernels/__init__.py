@@ -27,6 +27,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from googlenet.kernels import build
 
@@ -141,6 +142,7 @@ class _MaxPool(torch.autograd.Function):
         return cast(Tensor, out)
 
     @staticmethod
+    @once_differentiable  # the C++ backward builds no graph: a second derivative must raise, not be wrong
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (index,) = ctx.saved_tensors
         grad_input = ctx.library.max_pool_backward(_channels_last(grad), index, *ctx.input_size, *ctx.geometry)
@@ -175,6 +177,7 @@ class _BatchNormReLU(torch.autograd.Function):
         return cast(Tensor, y)
 
     @staticmethod
+    @once_differentiable  # the C++ backward builds no graph: a second derivative must raise, not be wrong
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, y, weight, mean, invstd = ctx.saved_tensors
         dx, dw, db = ctx.library.batch_norm_relu_backward(_channels_last(grad), x, y, weight, mean, invstd)
@@ -215,6 +218,7 @@ def fusable_batchnorm(bn: nn.Module) -> bool:
         and bn.running_mean is not None
         and bn.running_var is not None
         and bn.num_batches_tracked is not None
+        and bn.track_running_stats  # switched off after construction, the buffers stay but must not move
     )
 
 

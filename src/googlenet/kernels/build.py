@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -33,11 +34,27 @@ def build_root() -> Path:
     return Path(sys.prefix) / "googlenet-kernels"
 
 
+def cpu_fingerprint() -> str:
+    """What -march=native compiled for: the architecture and the CPU's instruction-set flags. An environment
+    copied to another CPU then finds no build under its tag (and uses ATen) instead of loading code its CPU
+    may not run: an illegal instruction kills the process, past any fallback."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} {flags}"
+
+
 def build_tag() -> str:
-    """A name for one build: the source, the flags and torch's version."""
+    """A name for one build: the source, the flags, torch's version and the CPU it was compiled for."""
     digest = hashlib.sha256(SOURCE.read_bytes())
     digest.update(" ".join(CFLAGS).encode())
     digest.update(torch.__version__.encode())
+    digest.update(cpu_fingerprint().encode())
     return digest.hexdigest()[:16]
 
 

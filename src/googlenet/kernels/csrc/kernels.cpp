@@ -271,7 +271,8 @@ std::vector<at::Tensor> bn_relu_backward_impl(const at::Tensor& grad_y, const at
   const scalar_t* yp = y.const_data_ptr<scalar_t>();
   const acc_t* mean = save_mean.const_data_ptr<acc_t>();
   const acc_t* invstd = save_invstd.const_data_ptr<acc_t>();
-  // The gradient reaching BatchNorm's output is the incoming one where the ReLU passed its input (y > 0). Its
+  // The gradient reaching BatchNorm's output is the incoming one where the ReLU passed its input: ATen's ReLU
+  // backward zeroes it where y <= 0, so a NaN output passes its gradient. Its
   // sum and its dot product with (x - mean) come from one pass: partial sums [0, C) and [C, 2C).
   std::vector<acc_t> sums = channel_sums<acc_t>(rows, 2 * C, slices, [&](int64_t r, acc_t* p) {
     const scalar_t* __restrict__ g = gp + r * C;
@@ -280,7 +281,7 @@ std::vector<at::Tensor> bn_relu_backward_impl(const at::Tensor& grad_y, const at
     acc_t* __restrict__ grad_part = p;
     acc_t* __restrict__ dot_part = p + C;
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t gc = load<scalar_t, acc_t>(o[c]) > 0 ? load<scalar_t, acc_t>(g[c]) : acc_t(0);
+      const acc_t gc = !(load<scalar_t, acc_t>(o[c]) <= 0) ? load<scalar_t, acc_t>(g[c]) : acc_t(0);
       grad_part[c] += gc;
       dot_part[c] += gc * (load<scalar_t, acc_t>(in[c]) - mean[c]);
     }
@@ -310,7 +311,7 @@ std::vector<at::Tensor> bn_relu_backward_impl(const at::Tensor& grad_y, const at
       const scalar_t* in = xp + r * C;
       scalar_t* dx = dxp + r * C;
       for (int64_t c = 0; c < C; ++c) {
-        const acc_t gc = load<scalar_t, acc_t>(o[c]) > 0 ? load<scalar_t, acc_t>(g[c]) : acc_t(0);
+        const acc_t gc = !(load<scalar_t, acc_t>(o[c]) <= 0) ? load<scalar_t, acc_t>(g[c]) : acc_t(0);
         const acc_t xc = load<scalar_t, acc_t>(in[c]) - mean[c];
         dx[c] = store<scalar_t, acc_t>((gc - xc * k[c] - grad_mean[c]) * out_scale[c]);
       }
