@@ -275,11 +275,9 @@ def _train_step(
     loss_fn = torch.compile(training_loss) if compiled else training_loss
 
     def step() -> object:
-        with kernels.use_aten() if aten else contextlib.nullcontext():
-            return one_step()
-
-    def one_step() -> object:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        # The forward pass picks the operators; the backward follows what the forward recorded.
+        layers = kernels.use_aten() if aten else contextlib.nullcontext()
+        with layers, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             if torchvision_outputs:  # torchvision returns a GoogLeNetOutputs tuple in training
                 out = model(x)
                 loss = F.cross_entropy(out.logits, y)
