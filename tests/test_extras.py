@@ -19,7 +19,17 @@ from helpers import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # The top-level modules of the extras' packages (tensorboard is reached through torch.utils.tensorboard).
-OPTIONAL = ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "safetensors", "matplotlib", "tensorboard")
+OPTIONAL = (
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "safetensors",
+    "matplotlib",
+    "tensorboard",
+    "captum",
+)
 VIZ = ("matplotlib", "tensorboard")
 
 
@@ -106,6 +116,10 @@ def test_no_module_imports_an_optional_package_at_import_time() -> None:
             "--backend onnxruntime needs the [deploy] extra (onnxruntime is not installed)",
         ),
         (["predict", "{ckpt}", "{tmp}", "--backend", "openvino"], "--backend openvino needs the [deploy] extra"),
+        (
+            ["explain", "{ckpt}", "{tmp}", "--out", "{tmp}/x.explained"],
+            "googlenet explain needs the [explain] extra (captum is not installed): pip install 'googlenet[explain]'",
+        ),
     ],
 )
 def test_a_command_that_needs_a_missing_extra_says_so_in_one_line(
@@ -187,13 +201,15 @@ def test_pyproject_has_a_small_core_bounded_ranges_and_the_promised_extras() -> 
     assert sorted(extras["deploy"]) == ["nncf", "onnx", "onnxruntime", "onnxscript", "openvino", "safetensors"]
     assert sorted(extras["viz"]) == ["matplotlib", "tensorboard"]
     assert {"pytest", "ruff", "mypy", "hypothesis"} <= set(extras["dev"])
-    assert project["optional-dependencies"]["all"] == ["googlenet[deploy,viz]"]
+    assert sorted(extras["explain"]) == ["captum", "matplotlib"]
+    assert {"nbclient", "nbformat", "ipykernel"} <= set(extras["dev"])  # the walkthrough notebook's test
+    assert project["optional-dependencies"]["all"] == ["googlenet[deploy,viz,explain]"]
     pinned = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
             pinned[name.strip().lower()] = version.strip()
-    for group in (core, extras["deploy"], extras["viz"], extras["dev"]):
+    for group in (core, extras["deploy"], extras["viz"], extras["explain"], extras["dev"]):
         for name, requirement in group.items():
             # a range with an upper bound (no surprise multi-GB torch), and an exact pin for set-up and CI
             assert ">=" in requirement and "<" in requirement, requirement

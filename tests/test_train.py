@@ -153,7 +153,7 @@ def test_predict_matches_evaluation_inputs(fashion_root: Path, finished_run: Pat
 
 
 def test_report(finished_run: Path) -> None:
-    path = write_report(finished_run)
+    path = write_report(finished_run, explain=False)  # explain.md has its own tests (test_explain.py)
     text = path.read_text()
     assert "| 2 |" in text and "curves.png" in text and "onecycle" in text
     assert (finished_run / "curves.png").stat().st_size > 1000

@@ -3,6 +3,7 @@ predicts; the extras bring the rest:
 
 - ``[deploy]``: onnx, onnxscript, onnxruntime, openvino, nncf, safetensors (export, the other engines, int8)
 - ``[viz]``: matplotlib, tensorboard (pictures, reports, TensorBoard logs)
+- ``[explain]``: captum, matplotlib (Grad-CAM maps and the pictures of ``googlenet explain``)
 
 Code that needs one of them imports it through :func:`require`, at the point of use and never at module import
 time, so that a missing package becomes one line saying which extra to install instead of a traceback.
@@ -15,7 +16,7 @@ from types import ModuleType
 
 from googlenet.errors import GoogLeNetError
 
-EXTRAS = ("deploy", "viz")
+EXTRAS = ("deploy", "viz", "explain")
 
 
 class MissingExtraError(GoogLeNetError, ImportError):

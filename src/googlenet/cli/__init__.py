@@ -9,7 +9,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from googlenet.cli import benchmark, costs, data, evaluate, export, import_torchvision, models, predict, report
+from googlenet.cli import (
+    benchmark,
+    costs,
+    data,
+    evaluate,
+    explain,
+    export,
+    import_torchvision,
+    models,
+    predict,
+    report,
+    visualize,
+)
 from googlenet.cli import summary as summary_command
 from googlenet.cli import train as train_command
 from googlenet.cli.common import PROG, Commands, Parser, UsageError
@@ -25,6 +37,8 @@ COMMANDS = (
     train_command,
     evaluate,
     predict,
+    explain,
+    visualize,
     report,
     benchmark,
     import_torchvision,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
 
 from googlenet.errors import GoogLeNetError
 
@@ -47,6 +47,17 @@ def positive_minutes(text: str) -> float:
 def progress_wanted(args: argparse.Namespace) -> bool:
     """A progress bar only for a person at a terminal, and not when they asked for none."""
     return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def progress_bar(enabled: bool) -> Callable[[Iterable[Any], int, str], Iterable[Any]]:
+    """A function wrapping a stream of ``total`` items in a tqdm bar labelled ``label`` (or leaving it be)."""
+
+    def progress(stream: Iterable[Any], total: int, label: str) -> Iterable[Any]:
+        from tqdm import tqdm
+
+        return tqdm(stream, total=total, desc=label, disable=not enabled, leave=False)
+
+    return progress
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, *, int8: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from googlenet.cli.common import Commands, UsageError, add_engine_arguments, progress_wanted
+from googlenet.cli.common import Commands, UsageError, add_engine_arguments, progress_bar, progress_wanted
 
 
 def register(commands: Commands) -> None:
@@ -18,6 +18,12 @@ def register(commands: Commands) -> None:
         default="none",
         help="test-time augmentation: flip averages each image with its mirror image (default: none)",
     )
+    parser.add_argument(
+        "--heads",
+        choices=("main", "all"),
+        default="main",
+        help="all: also the top-1 of the auxiliary heads (after 4a and 4d), per class: the early exits",
+    )
     parser.add_argument("--split", default="test", choices=("test", "val", "train"))
     parser.add_argument("--data-root", help="where the data is (default: the root recorded in the checkpoint)")
     parser.add_argument("--out", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run folder)")
@@ -27,6 +33,8 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.heads == "all":
+        return _heads(args)
     if len(args.checkpoint) > 1 or args.crops != 1:
         if args.tta != "none":
             raise UsageError("--tta flip works on one checkpoint at --crops 1; multi-crop testing already mirrors")
@@ -54,4 +62,29 @@ def _multicrop(args: argparse.Namespace) -> int:
     root = Path(args.data_root) / args.split if args.data_root else default_root(args.checkpoint[0], args.split)
     rows, images = ensemble_table(args.checkpoint, root, sorted({1, args.crops}), progress=progress_wanted(args))
     print(format_table(rows, images))
+    return 0
+
+
+def _heads(args: argparse.Namespace) -> int:
+    if len(args.checkpoint) > 1 or args.crops != 1 or args.tta != "none":
+        raise UsageError("--heads all measures one checkpoint at --crops 1 without --tta")
+    import json
+
+    from googlenet.evaluation.evaluate import run_folder
+    from googlenet.explain.early_exits import format_heads
+    from googlenet.explain.run import early_exits
+    from googlenet.files import atomic_write_text, writable_dir
+
+    checkpoint = Path(args.checkpoint[0])
+    out = writable_dir(args.out if args.out else run_folder(checkpoint))
+    result = early_exits(checkpoint, args.split, data_root=args.data_root, progress=progress_bar(progress_wanted(args)))
+    path = Path(args.json) if args.json else out / f"heads_{args.split}.json"
+    atomic_write_text(
+        path, json.dumps({"checkpoint": str(checkpoint), "split": args.split, **result.as_dict()}, indent=2)
+    )
+    print(f"{checkpoint} on {args.split}: top-1 of each head (the auxiliary heads are early exits)")
+    print(format_heads(result))
+    if result.heads == ["main"]:
+        print("this checkpoint has no auxiliary heads (trained with model.aux off, or imported without them)")
+    print(f"wrote {path}")
     return 0

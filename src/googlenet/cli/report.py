@@ -8,12 +8,25 @@ from googlenet.cli.common import Commands
 
 
 def register(commands: Commands) -> None:
-    parser = commands.add("report", run, "a markdown report with curves and confusion matrix for a run folder")
+    parser = commands.add(
+        "report", run, "a markdown report for a run folder: curves, confusion matrix, a look inside (explain.md)"
+    )
     parser.add_argument("run", help="a folder written by 'googlenet train --out'")
+    parser.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="skip the page of class activation maps, branch shares and early exits (explain.md)",
+    )
+    parser.add_argument(
+        "--explain-split",
+        choices=("test", "val"),
+        default="test",
+        help="the split explain.md looks at (default: test, or val where the data has no test split)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from googlenet.viz.report import write_report
 
-    print(f"wrote {write_report(args.run)}")
+    print(f"wrote {write_report(args.run, explain=not args.no_explain, explain_split=args.explain_split)}")
     return 0

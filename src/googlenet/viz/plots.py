@@ -16,12 +16,12 @@ from googlenet.extras import require
 from googlenet.files import atomic_write
 
 
-def _figure(feature: str, **kwargs: Any) -> Any:
+def new_figure(feature: str, **kwargs: Any) -> Any:
     """A figure outside pyplot: no window, no global state, nothing for the caller to close."""
     return require("matplotlib.figure", "viz", feature).Figure(**kwargs)
 
 
-def _save(fig: Any, path: str | Path) -> None:
+def save_figure(fig: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
@@ -31,7 +31,7 @@ def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, t
     rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)
     size = max(5.0, 0.6 * n + 2)
-    fig = _figure("drawing the confusion matrix", figsize=(size, size * 0.9))
+    fig = new_figure("drawing the confusion matrix", figsize=(size, size * 0.9))
     ax = fig.subplots()
     image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
@@ -47,7 +47,7 @@ def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, t
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # The training loss includes 0.3 x each auxiliary loss and label smoothing, so it sits above the validation loss.
@@ -61,7 +61,7 @@ def curves_png(
     rows, logged every few dozen steps) the training series and the learning rate are drawn from those, so a
     short run is a curve rather than a few points."""
     epochs = [h["epoch"] for h in history]
-    fig = _figure("drawing the training curves", figsize=(15, 4))
+    fig = new_figure("drawing the training curves", figsize=(15, 4))
     axes = fig.subplots(1, 3)
     series = (
         (axes[0], "loss", ("train_loss", "val_loss", "ema_val_loss")),
@@ -82,13 +82,13 @@ def curves_png(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def image_grid_png(rows: list[tuple[str, list[Any]]], path: str | Path, title: str) -> None:
     """Labelled rows of PIL images, e.g. samples per class."""
     columns = max((len(images) for _, images in rows), default=1) or 1
-    fig = _figure("drawing the sample grid", figsize=(1.6 * columns + 1.5, 1.6 * len(rows) + 0.6))
+    fig = new_figure("drawing the sample grid", figsize=(1.6 * columns + 1.5, 1.6 * len(rows) + 0.6))
     axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c in range(columns):
@@ -98,4 +98,4 @@ def image_grid_png(rows: list[tuple[str, list[Any]]], path: str | Path, title: s
                 ax.imshow(images[c], cmap="gray" if images[c].mode == "L" else None)
         axes[r][0].set_title(label, fontsize=8, loc="left")
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)

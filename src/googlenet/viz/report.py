@@ -81,8 +81,68 @@ def _evaluations(run: Path) -> list[str]:
     return lines
 
 
-def write_report(run: str | Path) -> Path:
-    """Write RUN/report.md and RUN/curves.png; returns the report's path."""
+def write_explain_page(run: Path, checkpoint: Path, split: str = "test") -> list[str]:
+    """RUN/explain.md with RUN/explain/ (CAMs of right and wrong answers per class, branch shares, early exits)
+    on ``split`` ("test" falls back to the validation split where the data has no test split); the report's
+    lines that point at it."""
+    from googlenet.explain.early_exits import format_heads
+    from googlenet.explain.run import explain_split
+
+    result = None
+    for name in (split, "val") if split == "test" else (split,):
+        try:
+            result = explain_split(checkpoint, name, run / "explain")
+            break
+        except DataError as error:
+            note = str(error)
+    if result is None:
+        return ["## Inside the network", "", f"Not drawn: {note}", ""]
+    heads = result.heads
+    shares = int(result.shares.counts.sum())
+    page = [
+        f"# Inside the network: {run.name}",
+        "",
+        f"Checkpoint `{checkpoint.name}` on the {result.split} split.",
+        "",
+        "## Class activation maps",
+        "",
+        "The exact CAM of the predicted class (the fc weights applied to inception5b's feature map): for every "
+        "class the first right answers (green) and the most confident wrong ones (red).",
+        "",
+        "![class activation maps](explain/cams.png)",
+        "",
+        "## Branch shares",
+        "",
+        f"How much of each Inception module's output comes from its 1x1, 3x3, 5x5 and pool branches, averaged over "
+        f"{shares:,} images: the share of activation energy, and of |gradient x activation| for the predicted "
+        "class. Under each share, the branch's share of the module's channels.",
+        "",
+        "![branch shares](explain/branch_shares.png)",
+        "",
+        "## Early exits",
+        "",
+        "Top-1 of the auxiliary classifiers (after inception4a and inception4d) beside the main head's, per class:"
+        + ("" if len(heads.heads) > 1 else " this model has no auxiliary heads."),
+        "",
+        format_heads(heads, markdown=True),
+        "",
+        "Raw figures: `explain/explain.json`.",
+        "",
+    ]
+    atomic_write_text(run / "explain.md", "\n".join(page))
+    summary = ", ".join(f"{h} {heads.top1[h]:.4f}" for h in heads.heads)
+    return [
+        "## Inside the network",
+        "",
+        f"Class activation maps, branch shares and early exits on {result.split}: [explain.md](explain.md). "
+        f"Top-1 by head: {summary}.",
+        "",
+    ]
+
+
+def write_report(run: str | Path, *, explain: bool = True, explain_split: str = "test") -> Path:
+    """Write RUN/report.md and RUN/curves.png, and with ``explain`` RUN/explain.md on ``explain_split``;
+    returns the report's path."""
     require("matplotlib", "viz", "googlenet report")  # before any work: the curves are half the report
     run = Path(run)
     history = read_history(run)
@@ -119,6 +179,9 @@ def write_report(run: str | Path) -> Path:
         "",
         *_evaluations(run),
     ]
+    checkpoint = run / "checkpoints" / "best.pt"
+    if explain and checkpoint.is_file():
+        lines += write_explain_page(run, checkpoint, explain_split)
     path = run / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -1,0 +1,314 @@
+"""The explain tools on a checkpoint: for image files, or for a split of the run's data.
+
+``explain_images`` writes, for each image, a PNG of the exact CAMs and the Grad-CAM maps of its top-k
+classes drawn over it and an .npz of the raw maps and branch shares; and for the set, explanations.json and
+the branch-share figure. ``explain_split`` measures the early exits, averages the branch shares per class
+and draws the CAMs of right and wrong answers for every class: what ``googlenet report`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from googlenet.explain.branches import ClassShareAccumulator, ClassShares, branch_shares
+from googlenet.explain.cam import class_activation_maps, grad_cam, normalise, top_k, upsample
+from googlenet.explain.early_exits import HeadAccuracy, head_accuracy
+from googlenet.explain.figures import GridCell, Panel, branch_shares_png, cam_grid_png, overlay_png
+from googlenet.explain.layers import MODULE_KEYS, resolve_layer
+from googlenet.extras import require
+from googlenet.files import atomic_write, atomic_write_text, writable_dir
+from googlenet.model import GoogLeNet
+from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, model_from_checkpoint
+from googlenet.training.config import config_from_dict
+from googlenet.training.data import Batches, Preprocessing, collect_images, eval_split
+
+Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+
+def _no_progress(stream: Iterable[Any], _total: int, _label: str) -> Iterable[Any]:
+    return stream
+
+
+def pixels(x: Tensor, prep: Preprocessing) -> Tensor:
+    """Normalised model input (N, C, H, W) -> the images as a person sees them, in [0, 1]."""
+    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std).view(1, -1, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1)
+
+
+@dataclass
+class ImageExplanation:
+    path: Path
+    top: list[tuple[str, float]]  # (class, probability), most likely first
+    overlay: Path
+    maps: Path
+
+
+def _unique_names(files: Sequence[Path]) -> list[str]:
+    """File stems, made unique where two folders hold the same name (or a name the set's own files take)."""
+    seen: dict[str, int] = {"branch_shares": 1, "explanations": 1}
+    names = []
+    for f in files:
+        count = seen.get(f.stem, 0)
+        seen[f.stem] = count + 1
+        names.append(f.stem if count == 0 else f"{f.stem}-{count + 1}")
+    return names
+
+
+def explain_images(
+    checkpoint: str | Path,
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    top: int = 3,
+    layer: str = "inception4c",
+    method: str = "gradcam",
+    batch_size: int = 16,
+    progress: Progress = _no_progress,
+) -> list[ImageExplanation]:
+    """Explain each image of ``paths`` (files or folders) with the checkpoint's model; see the module doc."""
+    for module in ("captum", "matplotlib"):  # before any work: Grad-CAM and the pictures are the output
+        require(module, "explain", "googlenet explain")
+    payload = load_checkpoint(checkpoint)
+    model, prep, class_names = model_from_checkpoint(payload)
+    layer_path = resolve_layer(model, layer)  # a bad name fails before any image is read
+    files = collect_images(paths)
+    out = writable_dir(out)
+    names = _unique_names(files)
+    k = min(top, len(class_names))
+    results: list[ImageExplanation] = []
+    records: list[dict[str, Any]] = []
+    energy_sum = torch.zeros(len(MODULE_KEYS), 4)
+    attribution_sum = torch.zeros_like(energy_sum)
+    channels = torch.zeros_like(energy_sum)
+    starts = range(0, len(files), batch_size)
+    for start in progress(starts, len(starts), "explain"):
+        chunk = files[start : start + batch_size]
+        x = torch.stack([prep.load_image(f) for f in chunk])
+        model.check_input(x)
+        best = top_k(model, x, k)
+        size = (x.shape[2], x.shape[3])
+        cams = class_activation_maps(model, x, best.classes)  # (n, k, h, w) in logit units
+        grads = grad_cam(model, x, layer_path, best.classes, method)  # (n, k, h', w')
+        shares = branch_shares(model, x)
+        cam_heat, grad_heat = normalise(upsample(cams, size)), normalise(upsample(grads, size))
+        images = pixels(x, prep)
+        energy_sum += shares.energy.sum(0)
+        attribution_sum += shares.attribution.sum(0)
+        channels = shares.channels
+        for i, f in enumerate(chunk):
+            name = names[start + i]
+            labels = [
+                (class_names[c], p)
+                for c, p in zip(best.classes[i].tolist(), best.probabilities[i].tolist(), strict=True)
+            ]
+            overlay, maps = out / f"{name}.png", out / f"{name}.npz"
+            overlay_png(
+                images[i],
+                [
+                    (
+                        "CAM (exact, inception5b)",
+                        [Panel(f"{c} {p:.1%}", cam_heat[i, j]) for j, (c, p) in enumerate(labels)],
+                    ),
+                    (
+                        f"{method} at {layer_path}",
+                        [Panel(f"{c} {p:.1%}", grad_heat[i, j]) for j, (c, p) in enumerate(labels)],
+                    ),
+                ],
+                overlay,
+                f"{f.name}: {labels[0][0]} ({labels[0][1]:.1%})",
+            )
+            arrays = {
+                "classes": best.classes[i].numpy(),
+                "probabilities": best.probabilities[i].numpy(),
+                "cam": cams[i].float().numpy(),
+                "grad_cam": grads[i].numpy(),
+                "branch_energy": shares.energy[i].numpy(),
+                "branch_attribution": shares.attribution[i].numpy(),
+            }
+            atomic_write(maps, lambda tmp, arrays=arrays: _save_arrays(tmp, arrays))  # type: ignore[misc]
+            results.append(ImageExplanation(f, labels, overlay, maps))
+            records.append(
+                {
+                    "path": str(f),
+                    "top": [{"class": c, "probability": round(p, 6)} for c, p in labels],
+                    "overlay": overlay.name,
+                    "maps": maps.name,
+                    "branch_shares": _share_table(shares.energy[i], shares.attribution[i]),
+                }
+            )
+    count = max(1, len(files))
+    branch_shares_png(
+        energy_sum / count,
+        attribution_sum / count,
+        channels,
+        out / "branch_shares.png",
+        f"branch shares over {len(files)} image(s)",
+    )
+    summary = {
+        "checkpoint": str(checkpoint),
+        "layer": layer_path,
+        "method": method,
+        "cam": "exact CAM at inception5b in logit units (its mean plus the fc bias is the logit)",
+        "images": records,
+    }
+    atomic_write_text(out / "explanations.json", json.dumps(summary, indent=2))
+    return results
+
+
+def _save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+
+
+def _share_table(energy: Tensor, attribution: Tensor) -> dict[str, dict[str, list[float]]]:
+    return {
+        f"inception{key}": {
+            "energy": [round(float(v), 6) for v in energy[m]],
+            "attribution": [round(float(v), 6) for v in attribution[m]],
+        }
+        for m, key in enumerate(MODULE_KEYS)
+    }
+
+
+@dataclass
+class SplitExplanation:
+    split: str
+    heads: HeadAccuracy
+    shares: ClassShares
+    cam_grid: Path
+    shares_figure: Path
+    json_path: Path
+
+
+def _examples(heads: HeadAccuracy, per_class: int) -> list[int]:
+    """Indices (in the split's order) of the first ``per_class`` right and ``per_class`` wrong answers of every
+    class: wrong ones are the most confident mistakes, the ones worth looking at."""
+    chosen: list[int] = []
+    for c in range(len(heads.class_names)):
+        mine = (heads.labels == c).nonzero().flatten()
+        right = mine[heads.predicted[mine] == c][:per_class]
+        wrong = mine[heads.predicted[mine] != c]
+        wrong = wrong[heads.confidence[wrong].argsort(descending=True)][:per_class]
+        chosen += right.tolist() + wrong.tolist()
+    return chosen
+
+
+def _gather(batches: Iterable[tuple[Tensor, Tensor]], wanted: list[int]) -> dict[int, Tensor]:
+    """The images at ``wanted`` positions of a split read in order."""
+    remaining, found, offset = set(wanted), {}, 0
+    for x, _ in batches:
+        for i in range(len(x)):
+            if offset + i in remaining:
+                found[offset + i] = x[i]
+        offset += len(x)
+        if len(found) == len(remaining):
+            break
+    return found
+
+
+@dataclass
+class SplitData:
+    model: GoogLeNet  # eval mode, with its auxiliary heads when the checkpoint has them
+    prep: Preprocessing
+    class_names: list[str]
+    batches: Batches
+
+
+def open_split(checkpoint: str | Path, split: str, data_root: str | None = None) -> SplitData:
+    """A checkpoint's model (auxiliary heads kept) and a split of its run's data, preprocessed for evaluation."""
+    checkpoint = Path(checkpoint)
+    payload = load_checkpoint(checkpoint)
+    model, prep, class_names = model_from_checkpoint(payload, aux=True)
+    config = config_from_dict(payload["config"])
+    if data_root:
+        config.data.root = data_root
+    if split != "test" and not (config.data.dataset == "folder" and (Path(config.data.root) / split).is_dir()):
+        check_current_seeding(payload, checkpoint, f"--split {split}")  # the split is drawn from the run's seed
+    return SplitData(model, prep, class_names, eval_split(config.data, prep, split, config.train.seed))
+
+
+def early_exits(
+    checkpoint: str | Path, split: str, *, data_root: str | None = None, progress: Progress = _no_progress
+) -> HeadAccuracy:
+    """The top-1 of every head of ``checkpoint`` on ``split``, overall and per class."""
+    data = open_split(checkpoint, split, data_root)
+    stream = progress(data.batches.epoch(0), len(data.batches), f"early exits on {split}")
+    return head_accuracy(data.model, stream, data.class_names)
+
+
+def explain_split(
+    checkpoint: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    data_root: str | None = None,
+    per_class: int = 2,
+    share_images: int = 50,
+    progress: Progress = _no_progress,
+) -> SplitExplanation:
+    """Early exits over the whole ``split``; branch shares averaged per class over up to ``share_images``
+    images of each class; a CAM grid of ``per_class`` right and wrong answers for every class."""
+    require("matplotlib", "explain", "googlenet explain --split")
+    split_data = open_split(checkpoint, split, data_root)
+    model, prep, class_names, batches = split_data.model, split_data.prep, split_data.class_names, split_data.batches
+    out = writable_dir(out)
+    heads = head_accuracy(model, progress(batches.epoch(0), len(batches), f"early exits on {split}"), class_names)
+
+    accumulator = ClassShareAccumulator(model, class_names)
+    taken = torch.zeros(len(class_names), dtype=torch.long)
+    for x, labels in progress(batches.epoch(0), len(batches), "branch shares"):
+        keep = torch.zeros(len(labels), dtype=torch.bool)
+        for i, label in enumerate(labels.tolist()):
+            if taken[label] < share_images:
+                taken[label] += 1
+                keep[i] = True
+        if keep.any():
+            accumulator.add(branch_shares(model, x[keep]), labels[keep])
+        if bool((taken >= share_images).all()):
+            break
+    shares = accumulator.result()
+    energy, attribution = shares.overall()
+    shares_figure = out / "branch_shares.png"
+    branch_shares_png(
+        energy,
+        attribution,
+        shares.channels,
+        shares_figure,
+        f"branch shares on {split} ({int(shares.counts.sum()):,} images)",
+    )
+
+    wanted = _examples(heads, per_class)
+    images = _gather(batches.epoch(0), wanted)
+    rows: list[tuple[str, list[GridCell]]] = []
+    if wanted:
+        x = torch.stack([images[i] for i in wanted])
+        predicted = heads.predicted[wanted]
+        heat = normalise(upsample(class_activation_maps(model, x, predicted.view(-1, 1)), (x.shape[2], x.shape[3])))
+        shown = pixels(x, prep)
+        by_class: dict[int, list[GridCell]] = {}
+        for j, index in enumerate(wanted):
+            true, guess = int(heads.labels[index]), int(predicted[j])
+            caption = f"{class_names[guess]} {float(heads.confidence[index]):.0%}"
+            by_class.setdefault(true, []).append(GridCell(shown[j], heat[j, 0], caption, true == guess))
+        rows = [(class_names[c], cells) for c, cells in sorted(by_class.items())]
+    cam_grid = out / "cams.png"
+    cam_grid_png(rows, cam_grid, f"CAM of the predicted class on {split}: right (green) and most confident wrong (red)")
+
+    json_path = out / "explain.json"
+    record = {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "early_exits": heads.as_dict(),
+        "branch_shares": shares.as_dict(),
+    }
+    atomic_write_text(json_path, json.dumps(record, indent=2))
+    return SplitExplanation(split, heads, shares, cam_grid, shares_figure, json_path)
