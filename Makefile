@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_ROOT ?= data
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo test lint typecheck unit check-core benchmark-fashion-mnist benchmark-peer benchmark-speed clean
+.PHONY: setup data demo test lint typecheck unit check-core benchmark-fashion-mnist benchmark-peer benchmark-speed benchmark-serve clean
 
 # The C++ training kernels (src/googlenet/kernels) build once per environment and source; without a compiler
 # this says so and training uses ATen.
@@ -81,6 +81,12 @@ benchmark-fashion-mnist: data
 # The peer on the same machine: torchvision's googlenet trained the obvious way (bench/peer_torchvision.py).
 benchmark-peer: data
 	$(BIN)/python bench/peer_torchvision.py --data $(DATA_ROOT) --seed $(SEED) --json runs/peer-seed$(SEED).json
+
+# The server under load (README, docs/guide.md): 1,000 requests from 16 clients, with and without dynamic batching.
+SERVE_CKPT ?= runs/$(PRESET)-seed$(SEED)/checkpoints/best.pt
+SERVE_IMAGE ?= ../shared/data/imagenet-sample/ILSVRC2012_test_00000001.JPEG
+benchmark-serve: setup
+	$(BIN)/python -m googlenet.serve.loadtest $(SERVE_CKPT) $(SERVE_IMAGE) --requests 1000 --concurrency 16
 
 # The performance tables (docs/performance.md) (about 12 minutes on 2 cores): every engine against torchvision, ONNX Runtime
 # and OpenVINO in one run, and each engine's agreement on the Fashion-MNIST test set when that run exists.

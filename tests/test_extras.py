@@ -29,6 +29,10 @@ OPTIONAL = (
     "matplotlib",
     "tensorboard",
     "captum",
+    "fastapi",
+    "uvicorn",
+    "multipart",
+    "httpx",
 )
 VIZ = ("matplotlib", "tensorboard")
 
@@ -120,6 +124,10 @@ def test_no_module_imports_an_optional_package_at_import_time() -> None:
             ["explain", "{ckpt}", "{tmp}", "--out", "{tmp}/x.explained"],
             "googlenet explain needs the [explain] extra (captum is not installed): pip install 'googlenet[explain]'",
         ),
+        (
+            ["serve", "{ckpt}"],
+            "googlenet serve needs the [serve] extra (fastapi is not installed): pip install 'googlenet[serve]'",
+        ),
     ],
 )
 def test_a_command_that_needs_a_missing_extra_says_so_in_one_line(
@@ -203,13 +211,15 @@ def test_pyproject_has_a_small_core_bounded_ranges_and_the_promised_extras() -> 
     assert {"pytest", "ruff", "mypy", "hypothesis"} <= set(extras["dev"])
     assert sorted(extras["explain"]) == ["captum", "matplotlib"]
     assert {"nbclient", "nbformat", "ipykernel"} <= set(extras["dev"])  # the walkthrough notebook's test
-    assert project["optional-dependencies"]["all"] == ["googlenet[deploy,viz,explain]"]
+    assert sorted(extras["serve"]) == ["fastapi", "httpx", "python-multipart", "uvicorn"]
+    assert "playwright" in extras["dev"]  # the browser test of the server's page
+    assert project["optional-dependencies"]["all"] == ["googlenet[deploy,viz,explain,serve]"]
     pinned = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
             pinned[name.strip().lower()] = version.strip()
-    for group in (core, extras["deploy"], extras["viz"], extras["explain"], extras["dev"]):
+    for group in (core, extras["deploy"], extras["viz"], extras["explain"], extras["serve"], extras["dev"]):
         for name, requirement in group.items():
             # a range with an upper bound (no surprise multi-GB torch), and an exact pin for set-up and CI
             assert ">=" in requirement and "<" in requirement, requirement

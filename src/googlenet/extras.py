@@ -4,6 +4,7 @@ predicts; the extras bring the rest:
 - ``[deploy]``: onnx, onnxscript, onnxruntime, openvino, nncf, safetensors (export, the other engines, int8)
 - ``[viz]``: matplotlib, tensorboard (pictures, reports, TensorBoard logs)
 - ``[explain]``: captum, matplotlib (Grad-CAM maps and the pictures of ``googlenet explain``)
+- ``[serve]``: fastapi, uvicorn, python-multipart (``googlenet serve``: the web page and JSON API)
 
 Code that needs one of them imports it through :func:`require`, at the point of use and never at module import
 time, so that a missing package becomes one line saying which extra to install instead of a traceback.
@@ -16,7 +17,7 @@ from types import ModuleType
 
 from googlenet.errors import GoogLeNetError
 
-EXTRAS = ("deploy", "viz", "explain")
+EXTRAS = ("deploy", "viz", "explain", "serve")
 
 
 class MissingExtraError(GoogLeNetError, ImportError):

@@ -20,6 +20,7 @@ from googlenet.cli import (
     models,
     predict,
     report,
+    serve,
     visualize,
 )
 from googlenet.cli import summary as summary_command
@@ -39,6 +40,7 @@ COMMANDS = (
     predict,
     explain,
     visualize,
+    serve,
     report,
     benchmark,
     import_torchvision,

@@ -96,7 +96,7 @@ def open_image(path: str | Path, in_channels: int = 3) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return _to_8bit(image).convert("L" if in_channels == 1 else "RGB")
+                return to_8bit(image).convert("L" if in_channels == 1 else "RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DataError(f"refusing {path}: {error}") from None
     except FileNotFoundError:
@@ -105,7 +105,7 @@ def open_image(path: str | Path, in_channels: int = 3) -> Image.Image:
         raise DataError(f"cannot read image {path}: {error}") from None
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
+def to_8bit(image: Image.Image) -> Image.Image:
     """16-bit and 32-bit single-channel images, scaled to 0-255 by their own range (PIL would clip)."""
     if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
         return image

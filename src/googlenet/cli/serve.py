@@ -1,0 +1,62 @@
+"""`googlenet serve`: a web page and a JSON API for a checkpoint, with dynamic batching (the [serve] extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+from googlenet.cli.common import Commands, UsageError, add_engine_arguments, positive_int
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add("serve", run, "a web page and a JSON API for a checkpoint (FastAPI + uvicorn)")
+    parser.add_argument(
+        "checkpoint", help="a checkpoint written by 'googlenet train' or 'googlenet import-torchvision'"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    parser.add_argument(
+        "--max-batch", type=positive_int, default=16, help="most images run together (default: 16; 1 = no batching)"
+    )
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default: 5 ms)"
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest file accepted (default: 10 MB)")
+    parser.add_argument(
+        "--max-pixels", type=positive_int, default=40_000_000, help="largest declared image (default: 40 megapixels)"
+    )
+    add_engine_arguments(parser, int8=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from googlenet.extras import require
+
+    for module in ("fastapi", "uvicorn", "multipart"):
+        require(module, "serve", "googlenet serve")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be from 0 to 65535; got {args.port}")
+    if not 0 < args.max_upload_mb <= 1024 or not 0 <= args.batch_wait_ms <= 1000:
+        raise UsageError("--max-upload-mb must be in (0, 1024] and --batch-wait-ms in [0, 1000]")
+    import uvicorn
+
+    from googlenet.serve.app import create_app
+    from googlenet.serve.service import ServeSettings
+
+    settings = ServeSettings(
+        backend=args.backend,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        wait_ms=args.batch_wait_ms,
+        max_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+    )
+    app = create_app(args.checkpoint, settings)
+    service = app.state.service
+    print(f"serving {service.info['variant']} ({len(service.class_names)} classes) with {service.engine_reason}")
+    batching = "off" if args.max_batch == 1 else f"up to {args.max_batch} images, {args.batch_wait_ms:g} ms window"
+    print(f"dynamic batching: {batching}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"listening on {args.host}: reachable from other machines; there is no authentication")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0

@@ -1,0 +1,199 @@
+"""A bounded load test of a running server on this machine, and the comparison with and without batching.
+
+``run_load`` sends a fixed number of requests from a fixed number of concurrent clients (some of them bad on
+purpose) and accounts for every one: answered as expected, answered wrongly, or failed. ``python -m
+googlenet.serve.loadtest CKPT IMAGE`` starts the server twice on a free loopback port, once with dynamic
+batching and once without, and prints throughput and p50/p99 latency for each: what the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
+
+# Bad requests mixed into the load: each must get its 4xx answer and leave the server serving.
+BAD_REQUESTS: list[tuple[str, bytes, int]] = [
+    ("text/plain", b"hello", 415),
+    ("image/png", b"", 400),
+    ("image/png", b"\x89PNG\r\n\x1a\n not really", 400),
+]
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    concurrency: int
+    seconds: float
+    good_ok: int  # good requests answered 200 with predictions
+    bad_refused: int  # bad requests answered with their expected 4xx
+    unexpected: list[str] = field(default_factory=list)  # every other outcome, described
+    latencies_ms: list[float] = field(default_factory=list)  # of the good requests
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def throughput(self) -> float:
+        return self.good_ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "concurrency": self.concurrency,
+            "seconds": round(self.seconds, 2),
+            "good_ok": self.good_ok,
+            "bad_refused": self.bad_refused,
+            "unexpected": self.unexpected,
+            "images_per_s": round(self.throughput, 1),
+            "p50_ms": round(self.percentile(50), 1),
+            "p99_ms": round(self.percentile(99), 1),
+            "mean_batch": round(
+                sum(k * v for k, v in self.batch_sizes.items()) / max(1, sum(self.batch_sizes.values())), 2
+            ),
+        }
+
+
+async def _load(
+    url: str, image: bytes, content_type: str, requests: int, concurrency: int, bad_every: int
+) -> LoadResult:
+    import httpx
+
+    result = LoadResult(requests, concurrency, 0.0, 0, 0)
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client(session: httpx.AsyncClient) -> None:
+        for index in counter:  # shared: each request is sent exactly once
+            bad = bad_every > 0 and index % bad_every == bad_every - 1
+            kind, body, expected = BAD_REQUESTS[index % len(BAD_REQUESTS)] if bad else (content_type, image, 200)
+            started = time.perf_counter()
+            try:
+                response = await session.post(f"{url}/v1/predict", content=body, headers={"Content-Type": kind})
+            except httpx.HTTPError as error:
+                result.unexpected.append(f"request {index}: {type(error).__name__}: {error}")
+                continue
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status_code != expected:
+                result.unexpected.append(f"request {index}: {response.status_code} (expected {expected})")
+            elif bad:
+                result.bad_refused += "error" in response.json()
+            else:
+                predictions = response.json()["predictions"]
+                result.good_ok += 1
+                result.latencies_ms.append(elapsed)
+                result.batch_sizes[predictions[0]["batch_size"]] += 1
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120, limits=limits) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_load(
+    url: str,
+    image: bytes,
+    *,
+    content_type: str = "image/png",
+    requests: int = 1000,
+    concurrency: int = 16,
+    bad_every: int = 0,
+) -> LoadResult:
+    """Send ``requests`` POST /v1/predict from ``concurrency`` clients; every ``bad_every``-th one is bad."""
+    return asyncio.run(_load(url.rstrip("/"), image, content_type, requests, concurrency, bad_every))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` on a free loopback port in a thread, for tests and this module's comparison."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the server did not answer on {self.url} within 60 s")
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def main() -> int:
+    import httpx
+
+    from googlenet.serve.app import create_app
+    from googlenet.serve.service import ServeSettings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("image", help="the image every good request sends")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--backend", default="auto", help="as googlenet serve: auto measures the engines")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    image = Path(args.image).read_bytes()
+    kind = "image/jpeg" if args.image.lower().endswith((".jpg", ".jpeg")) else "image/png"
+    results = {}
+    for label, max_batch in (("dynamic batching (16, 5 ms)", 16), ("one request at a time", 1)):
+        settings = ServeSettings(backend=args.backend, precision=args.precision, max_batch=max_batch)
+        with BackgroundServer(create_app(args.checkpoint, settings)) as server:
+            run_load(server.url, image, content_type=kind, requests=50, concurrency=args.concurrency)  # warm-up
+            outcome = run_load(
+                server.url, image, content_type=kind, requests=args.requests, concurrency=args.concurrency
+            )
+            engine = httpx.get(f"{server.url}/healthz").json()["engine"]
+        results[label] = {"engine": engine, **outcome.summary()}
+        print(json.dumps({label: results[label]}))
+    print()
+    print(f"{args.requests:,} requests from {args.concurrency} clients, {Path(args.image).name}")
+    print("| server | engine | images/s | p50 latency | p99 latency | mean batch |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label, r in results.items():
+        latency = f"{r['p50_ms']} ms | {r['p99_ms']} ms"
+        print(f"| {label} | {r['engine']} | {r['images_per_s']} | {latency} | {r['mean_batch']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0 if all(not r["unexpected"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""The server as a client and a person meet it: the JSON API's answers and refusals, dynamic batching, a real
+browser on the page, and a bounded load test with bad requests mixed in."""
+
+import asyncio
+import io
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient
+
+from googlenet.evaluation.predict import predict_paths
+from googlenet.serve.app import create_app
+from googlenet.serve.batcher import DynamicBatcher
+from googlenet.serve.loadtest import BackgroundServer, run_load
+from googlenet.serve.service import ServeSettings
+from helpers import make_checkpoint
+
+SETTINGS = ServeSettings(backend="torch", max_batch=8, wait_ms=20, max_bytes=200_000, max_pixels=4_000_000)
+
+
+def png_bytes(image: Image.Image, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header declaring width x height pixels, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as training leaves it: best.pt beside metrics.jsonl and eval_test.json."""
+    run = tmp_path_factory.mktemp("served")
+    make_checkpoint(run / "checkpoints" / "best.pt")
+    rows = [
+        {"epoch": e, "train_loss": 1.0 / e, "val_top1": 0.8 + 0.05 * e, "ema_val_top1": 0.82 + 0.05 * e} for e in (1, 2)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval_test.json").write_text(json.dumps({"top1": 0.91, "top5": 0.99, "num_samples": 10000, "tta": "flip"}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def client(run_dir: Path):  # type: ignore[no-untyped-def]
+    with TestClient(create_app(run_dir / "checkpoints" / "best.pt", SETTINGS)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (40, 30), generator=g, dtype=torch.uint8).numpy()
+    path = tmp_path_factory.mktemp("img") / "sample.png"
+    Image.fromarray(pixels, mode="L").save(path)
+    return path
+
+
+def test_predict_a_raw_image_as_predict_does(client: TestClient, run_dir: Path, sample: Path) -> None:
+    response = client.post("/v1/predict", content=sample.read_bytes(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    top = body["predictions"][0]["top"]
+    assert len(top) == 5 and body["engine"] == "torch fp32" and body["predictions"][0]["file"] is None
+    assert [p["probability"] for p in top] == sorted((p["probability"] for p in top), reverse=True)
+    expected = predict_paths(run_dir / "checkpoints" / "best.pt", [sample], top_k=5)[0].top
+    assert [p["class"] for p in top] == [c for c, _ in expected]
+    assert [p["probability"] for p in top] == pytest.approx([v for _, v in expected], abs=1e-4)
+    assert set(body["timing_ms"]) == {"decode", "queue", "model", "total"}
+
+
+def test_predict_several_multipart_files_and_top_k(client: TestClient, sample: Path) -> None:
+    data = sample.read_bytes()
+    files = [("file", (f"{i}.png", data, "image/png")) for i in range(3)]
+    response = client.post("/v1/predict?top_k=2", files=files)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["file"] for p in predictions] == ["0.png", "1.png", "2.png"]
+    assert all(len(p["top"]) == 2 for p in predictions)
+    assert predictions[0]["top"] == predictions[2]["top"]
+
+
+def test_every_image_mode_gets_an_answer(client: TestClient) -> None:
+    rgb = Image.new("RGB", (50, 40), (200, 30, 30))
+    cases = {
+        "16-bit gray": png_bytes(Image.fromarray((torch.arange(1200).view(30, 40) * 50).numpy().astype("uint16"))),
+        "palette with transparency": png_bytes(rgb.convert("P"), transparency=0),
+        "RGBA": png_bytes(rgb.convert("RGBA")),
+        "1-bit": png_bytes(rgb.convert("1")),
+    }
+    cmyk = io.BytesIO()
+    rgb.convert("CMYK").save(cmyk, format="JPEG")
+    cases["CMYK JPEG"] = cmyk.getvalue()
+    gif = io.BytesIO()
+    Image.new("P", (20, 20)).save(gif, format="GIF", save_all=True, append_images=[Image.new("P", (20, 20), 3)])
+    cases["two-frame GIF"] = gif.getvalue()
+    for name, data in cases.items():
+        response = client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+        assert response.status_code == 200, (name, response.text)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "message"),
+    [
+        ({"Content-Type": "image/png"}, b"", 400, "is empty"),
+        ({"Content-Type": "text/plain"}, b"hello", 415, "Content-Type 'text/plain'"),
+        ({"Content-Type": "application/json"}, b"{}", 415, "send an image"),
+        ({"Content-Type": "image/png"}, b"GIF89a but not really an image", 400, "is not an image"),
+        ({"Content-Type": "image/jpeg"}, b"\x00" * 100, 400, "is not an image"),
+        ({"Content-Type": "image/png"}, bomb_png(5_000, 5_000), 413, "25,000,000 pixels; the limit is 4,000,000"),
+        ({"Content-Type": "image/png"}, bomb_png(30_000, 30_000), 413, "refused as a decompression bomb"),
+        ({"Content-Type": "image/png"}, b"x" * 250_000, 413, "the limit is 200,000"),
+    ],
+)
+def test_bad_bodies_get_a_clear_4xx(
+    client: TestClient, headers: dict[str, str], body: bytes, status: int, message: str
+) -> None:
+    response = client.post("/v1/predict", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_truncated_damaged_and_form_errors(client: TestClient, sample: Path) -> None:
+    good = Image.new("RGB", (64, 64), (10, 200, 10))
+    truncated = png_bytes(good)[:-30]
+    jpeg = io.BytesIO()
+    Image.effect_noise((64, 64), 50).save(jpeg, format="JPEG")
+    cases = [
+        (dict(content=truncated, headers={"Content-Type": "image/png"}), 400, "could not be decoded"),
+        (dict(content=jpeg.getvalue()[:200], headers={"Content-Type": "image/jpeg"}), 400, "could not be decoded"),
+        (dict(files=[("file", ("a.txt", b"text", "text/plain"))]), 415, "file 'a.txt' has Content-Type"),
+        (dict(data={"note": "no files"}), 415, "multipart"),  # an urlencoded form: not an image
+        (dict(files={"note": (None, b"just a field")}), 400, "has no files"),
+        (dict(files=[("file", ("big.png", b"x" * 250_000, "image/png"))]), 413, "file 'big.png' is over"),
+    ]
+    for kwargs, status, message in cases:
+        response = client.post("/v1/predict", **kwargs)  # type: ignore[arg-type]
+        assert response.status_code == status, (message, response.text)
+        assert message in response.json()["error"], response.text
+    for query in ("top_k=0", "top_k=11", "top_k=abc"):
+        response = client.post(
+            f"/v1/predict?{query}", content=sample.read_bytes(), headers={"Content-Type": "image/png"}
+        )
+        assert response.status_code == 422 and "top_k must be" in response.json()["error"]
+    two = [("file", ("a.png", sample.read_bytes(), "image/png"))] * 2
+    response = client.post("/v1/explain", files=two)
+    assert response.status_code == 400 and "one image" in response.json()["error"]
+    # and after all that the server still answers
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert (
+        client.post("/v1/predict", content=sample.read_bytes(), headers={"Content-Type": "image/png"}).status_code
+        == 200
+    )
+
+
+def test_model_card_table1_health_and_docs(client: TestClient) -> None:
+    card = client.get("/v1/model").json()
+    assert card["variant"] == "small" and card["classes"][3] == "class3" and card["parameters"] > 5_000_000
+    assert card["checkpoint"] == "best.pt"  # a name, not a path on the server
+    assert card["preprocessing"]["image_size"] == 28 and card["engine"] == "torch fp32"
+    assert [row["epoch"] for row in card["training"]] == [1, 2] and card["test"]["top1"] == 0.91
+    rows = {row["name"]: row for row in card["table1"]["rows"]}
+    assert rows["inception4c"]["n3x3"] == 256 and card["table1"]["input_size"] == 28
+    assert card["batching"] == {"max_batch": 8, "wait_ms": 20}
+    assert client.get("/healthz").json() == {"status": "ok", "variant": "small", "engine": "torch fp32"}
+    openapi = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= set(openapi["paths"])
+    assert "image/*" in openapi["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/../../setup.py").status_code == 404
+
+
+def test_explain_returns_the_cam_and_branch_shares(client: TestClient, sample: Path) -> None:
+    response = client.post("/v1/explain", content=sample.read_bytes(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["cam"]["class"] == body["top"][0]["class"]
+    picture = Image.open(io.BytesIO(__import__("base64").b64decode(body["cam"]["png"].split(",", 1)[1])))
+    assert picture.size == (224, 224)
+    shares = body["branch_shares"]
+    assert len(shares["modules"]) == 9 and shares["branches"] == ["1x1", "3x3", "5x5", "pool"]
+    for row in shares["attribution"] + shares["energy"]:
+        assert sum(row) == pytest.approx(1, abs=1e-4) and min(row) >= 0
+
+
+def test_dynamic_batching_groups_concurrent_images_and_keeps_them_apart() -> None:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :3] * 10  # each image's own logits
+
+    async def scenario(max_batch: int) -> tuple[list[int], bool]:
+        batcher = DynamicBatcher(run, max_batch=max_batch, wait_ms=30)
+        await batcher.start()
+        images = [torch.full((1, 2, 2), float(i)) for i in range(20)]
+        answers = await asyncio.gather(*(batcher.submit(x) for x in images))
+        await batcher.stop()
+        right = all(
+            torch.allclose(a.probabilities, run(x.unsqueeze(0)).softmax(1)[0])
+            for a, x in zip(answers, images, strict=True)
+        )
+        return sorted(batcher.batch_sizes.elements()), right
+
+    sizes, right = asyncio.run(scenario(8))
+    assert right and sum(sizes) == 20 and max(sizes) == 8 and len(sizes) <= 4
+    sizes, right = asyncio.run(scenario(1))
+    assert right and sizes == [1] * 20
+
+
+def test_a_failing_batch_fails_its_requests_and_the_server_goes_on() -> None:
+    calls = {"n": 0}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return torch.zeros(len(x), 3)
+
+    async def scenario() -> tuple[str, int]:
+        batcher = DynamicBatcher(run, max_batch=4, wait_ms=0)
+        await batcher.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(torch.zeros(1, 2, 2))
+        answer = await batcher.submit(torch.zeros(1, 2, 2))
+        await batcher.stop()
+        return "ok", answer.batch_size
+
+    assert asyncio.run(scenario()) == ("ok", 1)
+
+
+@pytest.fixture(scope="module")
+def live_server(run_dir: Path):  # type: ignore[no-untyped-def]
+    with BackgroundServer(create_app(run_dir / "checkpoints" / "best.pt", SETTINGS)) as server:
+        yield server
+
+
+def test_load_with_bad_requests_mixed_in(live_server: BackgroundServer, sample: Path) -> None:
+    result = run_load(live_server.url, sample.read_bytes(), requests=400, concurrency=16, bad_every=10)
+    assert result.unexpected == [], result.unexpected[:5]
+    assert result.good_ok == 360 and result.bad_refused == 40  # every request answered as it should be
+    assert max(result.batch_sizes) > 1  # concurrent requests were batched
+    assert run_load(live_server.url, sample.read_bytes(), requests=5, concurrency=1).good_ok == 5
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
+def test_the_page_in_a_real_browser(live_server: BackgroundServer, shared_data: Path, tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    photo = sorted((shared_data / "imagenet-sample").iterdir())[0]
+    import httpx
+
+    api = httpx.post(
+        f"{live_server.url}/v1/predict", content=photo.read_bytes(), headers={"Content-Type": "image/jpeg"}
+    ).json()["predictions"][0]["top"][0]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(live_server.url)
+        page.wait_for_selector("#table1 tbody tr")
+        assert "small" in page.inner_text("#model-name")
+        assert "inception4c" in page.inner_text("#table1")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#top1")
+        assert page.inner_text("#top1") == api["class"]
+        page.wait_for_selector("#cam:not([hidden])")
+        assert page.get_attribute("#cam", "src").startswith("data:image/png;base64,")
+        assert page.locator("#shares tr").count() == 10  # header + nine modules
+        assert page.is_hidden("#error")
+        # a file that is not an image: the page says what the server said
+        bad = tmp_path / "notes.png"
+        bad.write_bytes(b"not an image")
+        page.set_input_files("#file", str(bad))
+        page.wait_for_selector("#error:not([hidden])")
+        assert "is not an image" in page.inner_text("#error")
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert (tmp_path / "page.png").stat().st_size > 20_000
