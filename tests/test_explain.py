@@ -385,3 +385,10 @@ def test_every_inception_module_is_a_valid_grad_cam_layer() -> None:
     for layer in INCEPTION_LAYERS:
         maps = grad_cam(model, x, layer, torch.tensor([[2]]), method="gradxact")
         assert maps.shape[:2] == (1, 1) and bool((maps >= 0).all())
+
+
+def test_output_names_stay_unique() -> None:
+    from googlenet.explain.run import _unique_names
+
+    names = _unique_names([Path("d1/a.png"), Path("d2/a.png"), Path("a-2.png"), Path("x/branch_shares.png")])
+    assert names == ["a", "a-2", "a-2-2", "branch_shares-2"]

@@ -158,11 +158,22 @@ def test_truncated_damaged_and_form_errors(client: TestClient, sample: Path) -> 
         response = client.post("/v1/predict", **kwargs)  # type: ignore[arg-type]
         assert response.status_code == status, (message, response.text)
         assert message in response.json()["error"], response.text
-    for query in ("top_k=0", "top_k=11", "top_k=abc"):
+    for query in ("top_k=0", "top_k=abc", "top_k=%C2%B2", "top_k=" + "1" * 5000):
         response = client.post(
             f"/v1/predict?{query}", content=sample.read_bytes(), headers={"Content-Type": "image/png"}
         )
         assert response.status_code == 422 and "top_k must be" in response.json()["error"]
+    many = client.post("/v1/predict?top_k=99", content=sample.read_bytes(), headers={"Content-Type": "image/png"})
+    assert many.status_code == 200 and len(many.json()["predictions"][0]["top"]) == 10  # all the classes there are
+    strip = png_bytes(Image.new("L", (40_000, 1)))  # tiny, but 31 megapixels once its shorter side is 28 px
+    response = client.post("/v1/predict", content=strip, headers={"Content-Type": "image/png"})
+    assert response.status_code == 422 and "closer to a square" in response.json()["error"]
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    response = client.post("/v1/predict", content=eps, headers={"Content-Type": "image/x-eps"})
+    assert response.status_code == 400 and "not an image in a format" in response.json()["error"]
+    missing = client.get("/v1/nothing")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+    assert client.get("/v1/predict").status_code == 405 and "error" in client.get("/v1/predict").json()
     two = [("file", ("a.png", sample.read_bytes(), "image/png"))] * 2
     response = client.post("/v1/explain", files=two)
     assert response.status_code == 400 and "one image" in response.json()["error"]
@@ -172,6 +183,29 @@ def test_truncated_damaged_and_form_errors(client: TestClient, sample: Path) -> 
         client.post("/v1/predict", content=sample.read_bytes(), headers={"Content-Type": "image/png"}).status_code
         == 200
     )
+
+
+def test_a_body_past_the_limit_is_refused_while_it_streams(client: TestClient) -> None:
+    """No Content-Length (chunked): the server counts what arrives and stops at the limit."""
+
+    boundary = "b0undary"
+
+    def chunks(head: bytes = b""):  # type: ignore[no-untyped-def]
+        yield head
+        for _ in range(600):
+            yield b"x" * 10_000  # 6 MB in all, past max_bytes * max_files + 1 MiB (4.25 MB)
+
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+    part += "Content-Type: image/png\r\n\r\n"
+    response = client.post(
+        "/v1/predict",
+        content=chunks(part.encode()),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
+    raw = client.post("/v1/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert raw.status_code == 413 and "over the limit" in raw.json()["error"]
+    assert client.get("/healthz").status_code == 200
 
 
 def test_model_card_table1_health_and_docs(client: TestClient) -> None:

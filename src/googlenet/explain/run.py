@@ -54,12 +54,15 @@ class ImageExplanation:
 
 def _unique_names(files: Sequence[Path]) -> list[str]:
     """File stems, made unique where two folders hold the same name (or a name the set's own files take)."""
-    seen: dict[str, int] = {"branch_shares": 1, "explanations": 1}
+    taken = {"branch_shares", "explanations"}
     names = []
     for f in files:
-        count = seen.get(f.stem, 0)
-        seen[f.stem] = count + 1
-        names.append(f.stem if count == 0 else f"{f.stem}-{count + 1}")
+        name, count = f.stem, 1
+        while name in taken:
+            count += 1
+            name = f"{f.stem}-{count}"
+        taken.add(name)
+        names.append(name)
     return names
 
 

@@ -54,23 +54,60 @@ async def _uploads(request: "Request", settings: ServeSettings) -> list[tuple[st
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=settings.max_files, max_fields=settings.max_files)
+            async with request.form(max_files=settings.max_files, max_fields=settings.max_files) as form:
+                files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+                if not files:
+                    raise UploadError(
+                        400, "the multipart form has no files: send images as form files (e.g. -F file=@x.jpg)"
+                    )
+                uploads = []
+                for part in files:
+                    name = part.filename or None
+                    check_content_type(part.content_type, f"file {name!r}")
+                    data = await part.read(settings.max_bytes + 1)
+                    if len(data) > settings.max_bytes:
+                        raise UploadError(413, f"file {name!r} is over the limit of {settings.max_bytes:,} bytes")
+                    uploads.append((name, data))
+        except UploadError:  # ours, or the body limit reached while the form was read
+            raise
         except Exception as error:  # starlette's MultiPartException and parser errors: the client's form
             raise UploadError(400, f"the multipart form could not be read: {error}") from None
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        if not files:
-            raise UploadError(400, "the multipart form has no files: send images as form files (e.g. -F file=@x.jpg)")
-        uploads = []
-        for part in files:
-            name = part.filename or None
-            check_content_type(part.content_type, f"file {name!r}")
-            data = await part.read(settings.max_bytes + 1)
-            if len(data) > settings.max_bytes:
-                raise UploadError(413, f"file {name!r} is over the limit of {settings.max_bytes:,} bytes")
-            uploads.append((name, data))
         return uploads
     check_content_type(content_type)
     return [(None, await _read_body(request, settings.max_bytes))]
+
+
+class BodyLimit:
+    """ASGI middleware: a request body (raw, multipart, chunked or not) that passes ``limit`` bytes stops being
+    read and becomes a 413, so nothing a client sends is spooled to disk or memory without bound."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise UploadError(413, f"the request body is over the limit of {self.limit:,} bytes")
+            return message
+
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:  # refused before a byte of it is read
+            message = f'{{"error": "the request body is {int(declared):,} bytes; the limit is {self.limit:,}"}}'
+            await send(
+                {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": message.encode()})
+            return
+        await self.app(scope, limited, send)
 
 
 def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) -> "FastAPI":
@@ -81,6 +118,7 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     settings = settings or ServeSettings()
     service = ModelService(checkpoint, settings)
@@ -101,26 +139,41 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     )
     app.state.service, app.state.batcher, app.state.settings = service, batcher, settings
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    # Every file may be max_bytes; the form's boundaries and headers get a little room on top.
+    app.add_middleware(BodyLimit, limit=settings.max_bytes * settings.max_files + 2**20)
 
     @app.exception_handler(UploadError)
     async def refused(_request: Request, error: UploadError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
+    classes = len(service.class_names)
+
     def top_k_of(request: Request) -> int:
+        """?top_k= from 1 up; more than the model's classes gives all of them."""
         raw = request.query_params.get("top_k", str(settings.top_k))
-        if not raw.isdigit() or not 1 <= int(raw) <= len(service.class_names):
-            raise UploadError(422, f"top_k must be a whole number from 1 to {len(service.class_names)}; got {raw!r}")
-        return int(raw)
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and int(raw) >= 1):
+            raise UploadError(422, f"top_k must be a whole number from 1 to {classes}; got {raw[:20]!r}")
+        return min(int(raw), classes)
 
     def decode(name: str | None, data: bytes) -> Any:
         label = f"file {name!r}" if name else "the image"
-        image = decode_image(data, service.prep.in_channels, max_pixels=settings.max_pixels, name=label)
-        return service.preprocess(image)
+        prep = service.prep
+        image = decode_image(
+            data, prep.in_channels, max_pixels=settings.max_pixels, shorter_side=prep.resize, name=label
+        )
+        try:
+            return service.preprocess(image)
+        except (ValueError, OSError, MemoryError) as error:
+            raise UploadError(422, f"{label} could not be preprocessed: {error}") from None
 
     async def decoded(name: str | None, data: bytes) -> Any:
         # Off the event loop: a large JPEG takes milliseconds to decode, and other requests keep arriving.

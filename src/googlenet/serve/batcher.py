@@ -56,6 +56,10 @@ class DynamicBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        while self._queue is not None and not self._queue.empty():  # nobody will run these now
+            _, _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError("the server is shutting down"))
         self.executor.shutdown(wait=True)
 
     async def submit(self, image: Tensor) -> Answer:
@@ -93,9 +97,9 @@ class DynamicBatcher:
             live = [item for item in items if not item[2].done()]  # a client that hung up needs no answer
             if not live:
                 continue
-            batch = torch.stack([image for image, _, _ in live])
             started = time.perf_counter()
             try:
+                batch = torch.stack([image for image, _, _ in live])
                 probabilities = await self.call(self._probabilities, batch)
             except Exception as error:  # every waiting request learns of it; the server goes on
                 for _, _, future in live:

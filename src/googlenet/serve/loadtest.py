@@ -90,13 +90,19 @@ async def _load(
             elapsed = (time.perf_counter() - started) * 1000
             if response.status_code != expected:
                 result.unexpected.append(f"request {index}: {response.status_code} (expected {expected})")
-            elif bad:
-                result.bad_refused += "error" in response.json()
-            else:
-                predictions = response.json()["predictions"]
-                result.good_ok += 1
-                result.latencies_ms.append(elapsed)
-                result.batch_sizes[predictions[0]["batch_size"]] += 1
+                continue
+            try:
+                body = response.json()
+                if bad:
+                    if "error" not in body:
+                        raise ValueError("no error message")
+                    result.bad_refused += 1
+                else:
+                    result.batch_sizes[body["predictions"][0]["batch_size"]] += 1
+                    result.good_ok += 1
+                    result.latencies_ms.append(elapsed)
+            except (ValueError, KeyError, IndexError, TypeError) as error:
+                result.unexpected.append(f"request {index}: {response.status_code} with a malformed answer: {error}")
 
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=120, limits=limits) as session:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from googlenet.errors import GoogLeNetError
 from googlenet.extras import require
 from googlenet.files import atomic_write_text
 from googlenet.training.checkpoint import load_checkpoint
@@ -93,7 +94,7 @@ def write_explain_page(run: Path, checkpoint: Path, split: str = "test") -> list
         try:
             result = explain_split(checkpoint, name, run / "explain")
             break
-        except DataError as error:
+        except GoogLeNetError as error:  # no such split, or a checkpoint too old to redraw its validation split
             note = str(error)
     if result is None:
         return ["## Inside the network", "", f"Not drawn: {note}", ""]

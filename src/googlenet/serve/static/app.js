@@ -155,19 +155,25 @@ function drawShares(shares) {
   });
 }
 
+let latest = 0; // the newest image: answers for an older one are dropped, not drawn over it
+
 async function classify(file) {
   showError("");
   if (!file) return;
+  const mine = ++latest;
   const preview = $("preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-text").textContent = `${file.name}: drop another image, or choose a file`;
   const options = () => ({ method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file });
   try {
     const predicted = await call("/v1/predict?top_k=5", options());
+    if (mine !== latest) return;
     drawPredictions(predicted.predictions[0].top);
     $("timing").textContent = `${predicted.engine}: ${predicted.timing_ms.total} ms on the server (model ${predicted.timing_ms.model} ms, batch of ${predicted.predictions[0].batch_size})`;
     const explained = await call("/v1/explain?top_k=5", options());
+    if (mine !== latest) return;
     const cam = $("cam");
     cam.src = explained.cam.png;
     cam.alt = `class activation map of ${explained.cam.class}`;
@@ -175,7 +181,7 @@ async function classify(file) {
     $("cam-caption").textContent = `Class activation map of “${explained.cam.class}”: red is where the evidence for it is.`;
     drawShares(explained.branch_shares);
   } catch (error) {
-    showError(error.message);
+    if (mine === latest) showError(error.message);
   }
 }
 
