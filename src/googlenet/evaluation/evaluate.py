@@ -17,7 +17,7 @@ from googlenet.extras import MissingExtraError
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, model_from_checkpoint
 from googlenet.training.config import Config, config_from_dict
-from googlenet.training.data import Preprocessing, eval_split
+from googlenet.training.data import Batches, Preprocessing, eval_split
 from googlenet.viz.plots import confusion_png  # imports matplotlib only when it draws
 
 
@@ -66,6 +66,19 @@ def run_folder(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
+def checkpoint_split(
+    payload: dict[str, Any], checkpoint: Path, prep: Preprocessing, split: str, data_root: str | None = None
+) -> tuple[Config, Batches]:
+    """The run's config (with ``data_root`` if given) and ``split`` of its data, preprocessed with ``prep``. A
+    split drawn from the run's seed needs a checkpoint written with today's seeding."""
+    config = config_from_dict(payload["config"])
+    if data_root:
+        config.data.root = data_root
+    if split != "test" and not (config.data.dataset == "folder" and (Path(config.data.root) / split).is_dir()):
+        check_current_seeding(payload, checkpoint, f"--split {split}")
+    return config, eval_split(config.data, prep, split, config.train.seed)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
@@ -90,12 +103,7 @@ def evaluate_checkpoint(
     if json_path:
         writable_dir(Path(json_path).parent)
     model, prep, class_names = model_from_checkpoint(payload)
-    config = config_from_dict(payload["config"])
-    if data_root:
-        config.data.root = data_root
-    if split != "test" and not (config.data.dataset == "folder" and (Path(config.data.root) / split).is_dir()):
-        check_current_seeding(payload, checkpoint, f"--split {split}")  # the split is drawn from the run's seed
-    batches = eval_split(config.data, prep, split, config.train.seed)
+    config, batches = checkpoint_split(payload, checkpoint, prep, split, data_root)
 
     engine, how = select_engine(
         model,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from googlenet.explain.layers import resolve_layer
+from googlenet.explain.layers import get_layer
 from googlenet.extras import require
 from googlenet.model import GoogLeNet
 
@@ -61,7 +61,7 @@ def grad_cam(model: GoogLeNet, x: Tensor, layer: str, classes: Tensor, method: s
     if method not in GRAD_CAM_METHODS:
         raise ValueError(f"method must be one of {', '.join(GRAD_CAM_METHODS)}; got {method!r}")
     attr = require("captum.attr", "explain", "Grad-CAM maps")
-    module = dict(model.named_modules())[resolve_layer(model, layer)]
+    module = get_layer(model, layer)
     maps = []
     for column in range(classes.shape[1]):
         target = classes[:, column].tolist()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from googlenet.evaluation.evaluate import checkpoint_split
 from googlenet.explain.branches import ClassShareAccumulator, ClassShares, branch_shares
 from googlenet.explain.cam import class_activation_maps, grad_cam, normalise, top_k, upsample
 from googlenet.explain.early_exits import HeadAccuracy, head_accuracy
@@ -26,9 +27,8 @@ from googlenet.explain.layers import MODULE_KEYS, resolve_layer
 from googlenet.extras import require
 from googlenet.files import atomic_write, atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet
-from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, model_from_checkpoint
-from googlenet.training.config import config_from_dict
-from googlenet.training.data import Batches, Preprocessing, collect_images, eval_split
+from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from googlenet.training.data import Batches, Preprocessing, collect_images
 
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
@@ -231,12 +231,8 @@ def open_split(checkpoint: str | Path, split: str, data_root: str | None = None)
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint)
     model, prep, class_names = model_from_checkpoint(payload, aux=True)
-    config = config_from_dict(payload["config"])
-    if data_root:
-        config.data.root = data_root
-    if split != "test" and not (config.data.dataset == "folder" and (Path(config.data.root) / split).is_dir()):
-        check_current_seeding(payload, checkpoint, f"--split {split}")  # the split is drawn from the run's seed
-    return SplitData(model, prep, class_names, eval_split(config.data, prep, split, config.train.seed))
+    _, batches = checkpoint_split(payload, checkpoint, prep, split, data_root)
+    return SplitData(model, prep, class_names, batches)
 
 
 def early_exits(

@@ -21,9 +21,12 @@ from googlenet.evaluation.evaluate import run_folder
 from googlenet.explain.branches import branch_shares
 from googlenet.explain.cam import class_activation_maps, normalise, upsample
 from googlenet.explain.layers import BRANCHES, MODULE_KEYS
+from googlenet.explain.run import pixels as seen_pixels
 from googlenet.model import count_parameters, create_model
 from googlenet.summary import format_json, summarize
 from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from googlenet.training.data import DataError
+from googlenet.viz.report import read_history
 
 
 @dataclass
@@ -36,13 +39,6 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # declared width x height, checked before decoding
     max_files: int = 16  # per multipart request
     top_k: int = 5
-
-
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError):
-        return []  # a damaged or missing file costs the model card its curves, not the server its start
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
@@ -76,7 +72,10 @@ class ModelService:
         with torch.device("meta"):  # Table 1 of this very variant, at its input size, without arithmetic
             meta = create_model(model.variant, num_classes=model.num_classes, in_channels=model.in_channels, aux=False)
         run = run_folder(checkpoint)
-        history = _read_json_lines(run / "metrics.jsonl")
+        try:
+            history = read_history(run)
+        except DataError:  # no run folder beside the checkpoint, or a damaged one: a card without curves
+            history = []
         test = None
         try:
             result = json.loads((run / "eval_test.json").read_text(encoding="utf-8"))
@@ -126,9 +125,7 @@ class ModelService:
 
     def _overlay(self, x: Tensor, heat: np.ndarray) -> str:
         """The image as the model saw it with the map over it, as a PNG data URL, at least 224 px wide."""
-        mean = torch.tensor(self.prep.mean).view(-1, 1, 1)
-        std = torch.tensor(self.prep.std).view(-1, 1, 1)
-        pixels = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        pixels = seen_pixels(x.unsqueeze(0), self.prep)[0].permute(1, 2, 0).numpy()
         if pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)
         blended = 0.55 * pixels + 0.45 * _jet(heat)
