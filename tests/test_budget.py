@@ -1,6 +1,7 @@
 """A run planned to its wall-clock budget: the arithmetic, the plan a real run follows and stores, early
 stops that still validate, the steps log, and budgets that cannot work."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -9,11 +10,11 @@ import pytest
 
 from googlenet.cli import main
 from googlenet.training import loop
-from googlenet.training.budget import SAFETY_SHARE, BudgetError, Timing, Workload, plan_steps, seconds_for
+from googlenet.training.budget import SAFETY_SHARE, BudgetError, Timing, Workload, plan_steps, replan, seconds_for
 from googlenet.training.checkpoint import load_checkpoint
 from googlenet.training.config import Config, load_config
 from googlenet.training.loop import resume, train
-from googlenet.training.schedule import lr_factor
+from googlenet.training.schedule import decay_progress, lr_factor
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
 TIMING = Timing(step_seconds=0.5, images_per_step=128, eval_images_per_second=400.0, overhead_seconds=20.0)
@@ -22,7 +23,7 @@ WORK = Workload(steps_per_epoch=430, max_steps=30 * 430, done_steps=0, val_image
 
 def test_the_plan_is_the_most_steps_that_fit() -> None:
     plan = plan_steps(28, TIMING, WORK)
-    usable = 28 * 60 * (1 - SAFETY_SHARE)
+    usable = 20 + (28 * 60 - 20) * (1 - SAFETY_SHARE)  # the safety share is kept back from the time left
     assert seconds_for(plan.total_steps, TIMING, WORK) <= usable < seconds_for(plan.total_steps + 1, TIMING, WORK)
     assert plan.limited_by == "budget" and plan.val_seconds == 25.0 and plan.test_seconds == 50.0
     # By hand: 20 s set-up + 50 s test, then 0.5 s a step and 25 + 1 s at each of the epoch ends.
@@ -47,7 +48,55 @@ def test_a_resumed_run_plans_only_what_is_left() -> None:
     done = Workload(**{**WORK.__dict__, "done_steps": 1000})
     # 1,000 steps (2 epoch ends) later, the clock has run for the set-up, those steps and two validations.
     later = Timing(**{**TIMING.__dict__, "overhead_seconds": 20 + 1000 * 0.5 + 2 * 26})
-    assert abs(plan_steps(28, later, done).total_steps - plan_steps(28, TIMING, WORK).total_steps) <= 1
+    resumed = plan_steps(28, later, done).total_steps
+    # The same speed gives the same run, less the 3% share of the time already spent, no longer kept back:
+    # (572 - 20) s x 0.03 = 16.6 s, 33 steps of 0.5 s.
+    assert resumed - plan_steps(28, TIMING, WORK).total_steps == 33
+    usable = 572 + (28 * 60 - 572) * (1 - SAFETY_SHARE)
+    assert seconds_for(resumed, later, done) <= usable < seconds_for(resumed + 1, later, done)
+
+
+def test_a_replan_refits_the_rest_of_the_schedule_to_the_speed_measured() -> None:
+    plan = plan_steps(28, TIMING, WORK)
+    # After the first epoch (430 steps, one validation) the clock says what the plan assumed, but the steps
+    # now take 10% longer: fewer steps fit, and the decay is refitted from step 430.
+    done = Workload(**{**WORK.__dict__, "done_steps": 430})
+    now = 20 + 430 * 0.5 + 26
+    slower = Timing(**{**TIMING.__dict__, "step_seconds": 0.55, "overhead_seconds": now})
+    progress = decay_progress(430, plan.total_steps, 0.3 * 430)
+    fewer = replan(plan, slower, done, progress)
+    assert fewer.total_steps < plan.total_steps and fewer.replans == 1
+    assert fewer.anchor == (430, progress) and fewer.budget_minutes == 28
+    assert fewer.total_steps == plan_steps(28, slower, done).total_steps
+    # The same speed as planned: the 3% kept back on the 241 s spent since is freed, 14 steps of 0.5 s.
+    same = Timing(**{**TIMING.__dict__, "overhead_seconds": now})
+    refitted = replan(plan, same, done, progress)
+    assert refitted.total_steps - plan.total_steps == 14
+    # A plan that still fits comes back itself, not re-anchored.
+    assert replan(refitted, same, done, progress) is refitted
+    # Faster: more steps, at most the configured epochs.
+    faster = replan(plan, Timing(**{**same.__dict__, "step_seconds": 0.3}), done, progress)
+    assert plan.total_steps < faster.total_steps <= WORK.max_steps
+    # Over budget already: the schedule ends where the run stands.
+    late = Timing(**{**same.__dict__, "overhead_seconds": 28 * 60 - 10})
+    assert replan(plan, late, done, progress).total_steps == 430
+
+
+def test_the_learning_rate_stays_continuous_across_a_replan() -> None:
+    config = load_config(CONFIG).schedule
+    old_total, new_total, anchor_step = 3000, 2600, 860
+    progress = decay_progress(anchor_step, old_total, config.warmup_epochs * 430)
+    anchor = (anchor_step, progress)
+    before = lr_factor(anchor_step, old_total, 430, config)
+    after = lr_factor(anchor_step, new_total, 430, config, anchor)
+    assert after == pytest.approx(before) and 0 < progress < 1
+    # From the anchor on, the decay goes down in even steps to the floor at the new total.
+    rest = [lr_factor(step, new_total, 430, config, anchor) for step in range(anchor_step, new_total + 1)]
+    assert all(a > b for a, b in itertools.pairwise(rest))
+    assert rest[-1] == pytest.approx(config.min_lr_ratio)
+    # An anchor inside the warm-up changes nothing: the decay starts where the warm-up ends.
+    early = (50, decay_progress(50, old_total, config.warmup_epochs * 430))
+    assert lr_factor(1000, new_total, 430, config, early) == lr_factor(1000, new_total, 430, config)
 
 
 def tiny(root: Path, *extra: str) -> Config:
@@ -71,8 +120,9 @@ def tiny(root: Path, *extra: str) -> Config:
 @pytest.fixture
 def fixed_speed(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine's measurement replaced by a known one, so the plan does not depend on the load: 2 s a step,
-    300 validation images x 2 (model and EMA) at 600 img/s = 1 s."""
+    300 validation images x 2 (model and EMA) at 600 img/s = 1 s; the epoch-end re-plans measure the same."""
     monkeypatch.setattr(loop, "_measure", lambda run: (2.0, 1 / 600))
+    monkeypatch.setattr(loop, "_replan_timing", lambda run, step_seconds, val_seconds: (2.0, 1 / 600))
 
 
 def test_a_budgeted_run_fits_its_whole_schedule_into_the_plan(
@@ -84,14 +134,16 @@ def test_a_budgeted_run_fits_its_whole_schedule_into_the_plan(
     result = train(tiny(fashion_root, "train.max_minutes=1"), tmp_path, log=lines.append)
     payload = load_checkpoint(result.last_checkpoint)
     plan = payload["plan"]
-    assert plan["limited_by"] == "budget" and 1 <= plan["total_steps"] < 20
-    assert result.stopped == "finished" and result.step == plan["total_steps"]
-    assert any(line.startswith("measured 16 img/s training, 600 img/s evaluating") for line in lines), lines
-    # The schedule ran to its end in exactly the planned steps: the last step's lr is the floor's neighbour.
-    config = tiny(fashion_root)
-    last_lr = config.optim.lr * lr_factor(plan["total_steps"] - 1, plan["total_steps"], 5, config.schedule)
+    first = next(line for line in lines if line.startswith("measured 16 img/s training, 600 img/s evaluating"))
+    assert "fit in 1 min" in first and 1 <= int(first.split(" steps ")[0].split()[-1]) < 20
+    assert result.stopped == "finished" and result.step == plan["total_steps"] <= 20
+    # The schedule ran to its end in exactly the planned steps (the last plan, when an epoch end refitted it:
+    # this machine's clock runs faster than the 2 s a step it is told): the last lr is the floor's neighbour.
+    config, anchor = tiny(fashion_root), (plan["anchor_step"], plan["anchor_progress"])
+    assert payload["history"][-1]["planned_steps"] == plan["total_steps"]
+    last_lr = config.optim.lr * lr_factor(plan["total_steps"] - 1, plan["total_steps"], 5, config.schedule, anchor)
     assert payload["history"][-1]["lr"] == pytest.approx(last_lr)
-    every = [lr_factor(step, plan["total_steps"], 5, config.schedule) for step in range(plan["total_steps"])]
+    every = [lr_factor(s, plan["total_steps"], 5, config.schedule, anchor) for s in range(plan["total_steps"])]
     decay = every[math.ceil(config.schedule.warmup_epochs * 5) :]  # after the warm-up (which starts at 0.1 x)
     assert last_lr == pytest.approx(config.optim.lr * min(decay))  # the decay reached its lowest point
     # Whether the plan ended inside an epoch or at its end, the last row is validated and best.pt exists.
@@ -119,6 +171,64 @@ def test_a_run_stopped_inside_an_epoch_validates_and_resumes_to_the_same_plan(
     assert after["plan"] == planned  # the same budget: the stored plan, not a new measurement
     assert [row["epoch"] for row in after["history"]] == [1, 1.4, 2, 3, 4]
     assert [row["step"] for row in after["steps_log"]] == list(range(2, 21, 2))
+
+
+class SlowMachine:
+    """A run's clock on a machine that measured 2 s a step before training but then takes 4 s a step and 1 s
+    a validation: simulated seconds added to the real clock, so the test takes seconds."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.extra = 0.0
+        elapsed, step, validate = loop.Clock.elapsed, loop._optimizer_step, loop._validate
+        monkeypatch.setattr(loop, "_measure", lambda run: (2.0, 1 / 600))
+        monkeypatch.setattr(loop.Clock, "elapsed", lambda clock: elapsed(clock) + self.extra)
+        monkeypatch.setattr(loop, "_optimizer_step", lambda run: (step(run), self.wait(4.0)))
+        monkeypatch.setattr(loop, "_validate", lambda run: (self.wait(1.0), validate(run))[1])
+
+    def wait(self, seconds: float) -> None:
+        self.extra += seconds
+
+
+def test_a_machine_that_slows_down_gets_a_shorter_schedule_that_still_ends(
+    fashion_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SlowMachine(monkeypatch)
+    lines: list[str] = []
+    # No test evaluation to keep time for: the plan then hangs on the simulated seconds, not this machine's.
+    slow = ("train.max_minutes=1.5", "train.epochs=8", "train.budget_test_views=0")
+    config = tiny(fashion_root, *slow)
+    result = train(config, tmp_path, log=lines.append)
+    first = int(next(line for line in lines if line.startswith("measured")).split(" steps ")[0].split()[-1])
+    payload = load_checkpoint(result.last_checkpoint)
+    plan, history = payload["plan"], payload["history"]
+    # The first epoch end sees 4 s a step and refits the rest to about half the steps; the run then ends its
+    # (last) plan exactly, inside the budget.
+    assert any(line.startswith("re-planned at step 5 (-") for line in lines), "\n".join(lines)
+    assert history[0]["planned_steps"] <= first * 0.6 and plan["replans"] >= 1
+    assert result.stopped == "finished" and result.step == plan["total_steps"] == history[-1]["planned_steps"]
+    # The learning rate the run used (steps.jsonl) is the schedule chained through every re-plan: continuous
+    # at each epoch end, falling all the way, and at its floor's neighbour on the last step.
+    warmup, total, anchor = config.schedule.warmup_epochs * 5, first, (0, 0.0)
+    rates = []
+    for step in range(result.step):
+        if step and step % 5 == 0 and history[step // 5 - 1]["planned_steps"] != total:
+            before = lr_factor(step, total, 5, config.schedule, anchor)
+            anchor = (step, decay_progress(step, total, warmup, anchor))
+            total = history[step // 5 - 1]["planned_steps"]
+            assert lr_factor(step, total, 5, config.schedule, anchor) == pytest.approx(before, abs=1e-12)
+        rates.append(config.optim.lr * lr_factor(step, total, 5, config.schedule, anchor))
+    assert (plan["anchor_step"], plan["anchor_progress"]) == pytest.approx(anchor)
+    logged = {row["step"]: row["lr"] for row in payload["steps_log"]}
+    assert logged and all(logged[step] == pytest.approx(rates[step - 1]) for step in logged)
+    after_warmup = rates[math.ceil(warmup) :]
+    assert all(a > b for a, b in itertools.pairwise(after_warmup))
+    # One step more would be the floor: the last step is the decay's last before it.
+    assert lr_factor(result.step, total, 5, config.schedule, anchor) == config.schedule.min_lr_ratio
+    assert rates[-1] == pytest.approx(config.optim.lr * (1 - anchor[1]) / (total - anchor[0]))
+    # Without re-planning, the same machine runs into the budget's hard limit before the schedule's end.
+    off = train(tiny(fashion_root, *slow, "train.replan=false"), tmp_path / "off", log=lambda _: None)
+    assert off.stopped == "max_minutes" and off.step < first
+    assert load_checkpoint(off.last_checkpoint)["plan"]["replans"] == 0
 
 
 def test_a_budget_too_small_fails_before_training(fashion_root: Path, tmp_path: Path, fixed_speed: None) -> None:

@@ -71,6 +71,24 @@ def test_two_processes_match_one_on_the_same_global_batch(fashion_root: Path, tm
     assert one["history"][0]["val_top1"] == pytest.approx(two["history"][0]["val_top1"], abs=1e-3)
 
 
+def test_two_processes_plan_and_replan_a_budget_together(fashion_root: Path, tmp_path: Path) -> None:
+    # Each process measures its own speed, and each epoch end refits the plan: every process must take the
+    # same plan (by the slowest), or one would stop while the other waits for it in an all-reduce.
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "googlenet.cli", "train", "--config", str(CONFIG), "--out", str(tmp_path), "--no-progress",
+    ]  # fmt: skip
+    budgeted = ["data.train_subset=192", "train.epochs=3", "train.max_minutes=2", "train.budget_test_views=0"]
+    for item in settings(fashion_root) + budgeted:
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    payload = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert payload["plan"]["total_steps"] == payload["position"]["step"] >= 1
+    assert payload["history"][-1]["planned_steps"] == payload["plan"]["total_steps"]
+
+
 def test_batch_must_divide_among_processes(fashion_root: Path) -> None:
     from googlenet.training.data import DataError, build_data
 

@@ -6,10 +6,15 @@ then `plan_steps` picks the largest number of steps whose training, per-epoch va
 final test evaluation fit the budget. The whole schedule (warm-up, decay to the floor, EMA) then runs in
 exactly that many steps, and the plan is stored in the checkpoint, so the learning rate stays a function of
 the step and a resumed run follows the same schedule.
+
+A shared machine rarely keeps the speed of its first seconds, so at every epoch end `replan` refits the rest
+of the run to what that epoch and its validation took: the decay is stretched or squeezed from that step on
+(the anchor, stored in the plan), and the run still ends its schedule as the budget ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 from googlenet.errors import GoogLeNetError
 
 # Seconds kept aside per epoch end for writing last.pt / best.pt and metrics (measured: about 0.3 s for the
-# small model); and a share of the budget kept back because a long run is rarely as fast as its first steps.
+# small model); and a share of the time left kept back because a run is rarely as fast as its measurement.
 CHECKPOINT_SECONDS = 1.0
 SAFETY_SHARE = 0.03
 
@@ -60,6 +65,14 @@ class BudgetPlan:
     test_seconds: float
     overhead_seconds: float
     limited_by: str  # "budget" or "epochs"
+    # The last re-plan: from this step, where the decay had reached this share, the rest of it is refitted.
+    anchor_step: int = 0
+    anchor_progress: float = 0.0
+    replans: int = 0
+
+    @property
+    def anchor(self) -> tuple[int, float]:
+        return self.anchor_step, self.anchor_progress
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,11 +110,12 @@ def seconds_for(steps: int, timing: Timing, work: Workload) -> float:
 
 
 def plan_steps(budget_minutes: float, timing: Timing, work: Workload) -> BudgetPlan:
-    """The largest number of steps (at most ``work.max_steps``) that fits ``budget_minutes``, safety share
-    kept back; BudgetError naming the minimum when not even one step and one validation fit."""
-    usable = budget_minutes * 60 * (1 - SAFETY_SHARE)
+    """The largest number of steps (at most ``work.max_steps``) that fits ``budget_minutes``, a safety share of
+    the time left kept back; BudgetError naming the minimum when not even one step and one validation fit."""
+    spent = timing.overhead_seconds
+    usable = spent + (budget_minutes * 60 - spent) * (1 - SAFETY_SHARE)
     first = work.done_steps + 1
-    minimum = seconds_for(first, timing, work) / (1 - SAFETY_SHARE)
+    minimum = spent + (seconds_for(first, timing, work) - spent) / (1 - SAFETY_SHARE)
     if minimum > budget_minutes * 60:
         raise BudgetError(
             f"train.max_minutes={budget_minutes:g} is too small for this run: one step takes "
@@ -128,3 +142,17 @@ def plan_steps(budget_minutes: float, timing: Timing, work: Workload) -> BudgetP
         overhead_seconds=timing.overhead_seconds,
         limited_by="epochs" if low >= work.max_steps else "budget",
     )
+
+
+def replan(plan: BudgetPlan, timing: Timing, work: Workload, progress: float) -> BudgetPlan:
+    """The plan refitted at an epoch end to what this machine measured over the epoch (``timing``, its
+    overhead the clock so far): ``plan`` itself when the same number of steps fits, else a plan anchored at
+    ``work.done_steps``, where the decay had reached ``progress``. When not one more step fits, the run
+    ends its schedule here."""
+    try:
+        fresh = plan_steps(plan.budget_minutes, timing, work)
+    except BudgetError:
+        fresh = dataclasses.replace(plan, total_steps=work.done_steps, limited_by="budget")
+    if fresh.total_steps == plan.total_steps:
+        return plan
+    return dataclasses.replace(fresh, anchor_step=work.done_steps, anchor_progress=progress, replans=plan.replans + 1)

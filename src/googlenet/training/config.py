@@ -72,6 +72,7 @@ class TrainConfig:
     # A wall-clock budget: the run measures its speed and plans as many steps as fit (at most `epochs`), the
     # schedule included; 0 = no budget.
     max_minutes: float = 0.0
+    replan: bool = True  # with a budget: refit the rest of the schedule to the speed measured at each epoch end
     budget_test_views: int = 2  # the budget keeps time for a test evaluation at this many views (2: flip TTA)
     log_every_steps: int = 50  # training loss, accuracy and lr to steps.jsonl and TensorBoard; 0 = epoch ends only
     max_steps: int = 0  # stop after this many optimizer steps in total; 0 = run all epochs

@@ -42,7 +42,7 @@ from googlenet.errors import GoogLeNetError
 from googlenet.evaluation.metrics import evaluate_batches, predict_logits
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet, create_model, get_variant
-from googlenet.training.budget import BudgetPlan, Timing, Workload, plan_steps
+from googlenet.training.budget import CHECKPOINT_SECONDS, BudgetPlan, Timing, Workload, plan_steps, replan
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
 from googlenet.training.data import Batches, DataBundle, Preprocessing, build_data, test_split_size
@@ -66,7 +66,7 @@ from googlenet.training.optim import (
     set_learning_rate,
 )
 from googlenet.training.progress import EpochBar, EpochStats
-from googlenet.training.schedule import lr_factor
+from googlenet.training.schedule import decay_progress, lr_factor
 
 Log = Callable[[str], None]
 LossFn = Callable[..., tuple[Tensor, Tensor]]
@@ -138,6 +138,11 @@ class Plan:
     total_steps: int  # the schedule's length: train.epochs worth, or what fits the budget
     budget: BudgetPlan | None = None  # set when train.max_minutes planned the run
 
+    @property
+    def epochs(self) -> int:
+        """Epochs begun by the schedule; a budgeted run's re-plans may change it at an epoch end."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
 
 @dataclass
 class RunState:
@@ -188,7 +193,9 @@ class Run:
         return self.out / "checkpoints" / "best.pt"
 
     def learning_rate(self, step: int) -> float:
-        return self.cfg.optim.lr * lr_factor(step, self.plan.total_steps, self.plan.steps_per_epoch, self.cfg.schedule)
+        anchor = self.plan.budget.anchor if self.plan.budget is not None else (0, 0.0)
+        factor = lr_factor(step, self.plan.total_steps, self.plan.steps_per_epoch, self.cfg.schedule, anchor)
+        return self.cfg.optim.lr * factor
 
 
 def _last_path(out: Path) -> Path:
@@ -335,27 +342,72 @@ def _plan_budget(run: Run, state: RunState, clock: Clock, resumed: dict[str, Any
     if state.step >= run.plan.total_steps:
         return  # nothing left to plan
     step_seconds, eval_seconds_per_image = _measure(run)
+    timing = _timing(run, step_seconds, eval_seconds_per_image, clock.elapsed())
+    run.plan.budget = plan_steps(cfg.train.max_minutes, timing, _workload(run, state))
+    run.plan.total_steps = run.plan.budget.total_steps
+    run.log(run.plan.budget.describe(run.plan.steps_per_epoch))
+
+
+def _timing(run: Run, step_seconds: float, eval_seconds_per_image: float, elapsed: float) -> Timing:
     # Every process must plan the same steps (their learning rates must agree): all plan by the slowest.
     step_seconds, eval_seconds_per_image, overhead = max_over_ranks(
-        [step_seconds, eval_seconds_per_image, clock.elapsed()], run.dist
+        [step_seconds, eval_seconds_per_image, elapsed], run.dist
     )
-    val_images = run.data.val.num_samples if run.data.val is not None else 0
-    timing = Timing(
+    return Timing(
         step_seconds=step_seconds,
-        images_per_step=cfg.data.batch_size * run.plan.accumulate,
+        images_per_step=run.cfg.data.batch_size * run.plan.accumulate,
         eval_images_per_second=1 / eval_seconds_per_image,
         overhead_seconds=overhead,
     )
-    work = Workload(
+
+
+def _workload(run: Run, state: RunState) -> Workload:
+    val_images = run.data.val.num_samples if run.data.val is not None else 0
+    return Workload(
         steps_per_epoch=run.plan.steps_per_epoch,
-        max_steps=run.plan.total_steps,
+        max_steps=run.cfg.train.epochs * run.plan.steps_per_epoch,
         done_steps=state.step,
         val_images=val_images * (2 if run.ema is not None else 1),
-        test_images=test_split_size(cfg.data) * cfg.train.budget_test_views,
+        test_images=test_split_size(run.cfg.data) * run.cfg.train.budget_test_views,
     )
-    run.plan.budget = plan_steps(cfg.train.max_minutes, timing, work)
-    run.plan.total_steps = run.plan.budget.total_steps
-    run.log(run.plan.budget.describe(run.plan.steps_per_epoch))
+
+
+# A re-plan needs an epoch of at least this many steps to time (a resumed run's short remainder is not).
+REPLAN_MIN_STEPS = 5
+
+
+def _replan(
+    run: Run, state: RunState, clock: Clock, epoch_seconds: float, epoch_steps: int, val_seconds: float
+) -> str | None:
+    """At an epoch end of a budgeted run, refit the rest of the schedule to the speed this epoch and its
+    validation had: a shared machine is rarely as fast over half an hour as in its first seconds. Every
+    process calls it at the same epoch ends (rank 0 alone knows the validation time); the new plan is in the
+    checkpoint written next, so a resumed run follows it. Returns the line to log when the plan changed."""
+    budget = run.plan.budget
+    if budget is None or not run.cfg.train.replan or epoch_steps < REPLAN_MIN_STEPS:
+        return None
+    if state.step >= run.plan.total_steps:
+        return None  # the schedule is done: nothing left to refit
+    step_seconds, eval_seconds_per_image = _replan_timing(run, epoch_seconds / epoch_steps, val_seconds)
+    timing = _timing(run, step_seconds, eval_seconds_per_image, clock.elapsed() + CHECKPOINT_SECONDS)
+    warmup = run.cfg.schedule.warmup_epochs * run.plan.steps_per_epoch
+    progress = decay_progress(state.step, run.plan.total_steps, warmup, budget.anchor)
+    fresh = replan(budget, timing, _workload(run, state), progress)
+    if fresh is budget:
+        return None
+    run.plan.budget, run.plan.total_steps = fresh, fresh.total_steps
+    change = fresh.total_steps - budget.total_steps
+    return f"re-planned at step {state.step:,} ({change:+,} steps): {fresh.describe(run.plan.steps_per_epoch)}"
+
+
+def _replan_timing(run: Run, step_seconds: float, val_seconds: float) -> tuple[float, float]:
+    """(seconds per step, seconds per evaluated image) as the epoch just ended measured them; where nothing
+    was validated (no split, or another process) the plan's evaluation speed stands."""
+    budget = run.plan.budget
+    assert budget is not None
+    images = _workload(run, RunState()).val_images
+    per_image = val_seconds / images if images and val_seconds > 0 else 1 / budget.eval_images_per_second
+    return step_seconds, per_image
 
 
 def _measure(run: Run) -> tuple[float, float]:
@@ -423,7 +475,6 @@ def _synchronize(device: torch.device) -> None:
 
 def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult:
     cfg, plan = run.cfg, run.plan
-    epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
     run.log(
         f"training {cfg.model.name} on {cfg.data.dataset} ({run.data.train.num_samples:,} images, "
         f"{len(run.data.class_names)} classes, {cfg.data.image_size} px) for "
@@ -437,13 +488,13 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
         if already and already != "finished":  # resumed with its limit already reached: nothing to add
             run.log(f"nothing to do: the run already stopped ({already}) at step {state.step}")
             stopped = already
-        while stopped == "finished" and state.epoch < epochs and state.step < plan.total_steps:
-            epoch_started = clock.elapsed()
+        while stopped == "finished" and state.epoch < plan.epochs and state.step < plan.total_steps:
+            epoch_started, epoch_first_step = clock.elapsed(), state.step
             stats = EpochStats()
             logged = dataclasses.replace(stats)  # the window since the last steps.jsonl row
             reason: str | None = None
             _training_mode(run)
-            bar.start(state.epoch, epochs, plan.batches_per_epoch, state.batch)
+            bar.start(state.epoch, plan.epochs, plan.batches_per_epoch, state.batch)
             for x, y in run.data.train.epoch(state.epoch, state.batch):
                 stepped = _train_batch(run, state, x, y, stats, clock)
                 bar.batch_done()
@@ -461,7 +512,8 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
             bar.close()
             # Stopped inside the epoch: keep the exact position. (A stream that simply ran short ends its epoch.)
             partial = reason is not None and state.batch < plan.batches_per_epoch
-            _end_epoch(run, state, stats, clock, clock.elapsed() - epoch_started, writer, partial=partial)
+            timed = (clock.elapsed() - epoch_started, state.step - epoch_first_step)
+            _end_epoch(run, state, stats, clock, timed, writer, partial=partial)
             if reason and reason != "finished":
                 where = f"at step {state.step}" if partial else f"after epoch {state.epoch}"
                 run.log(f"stopped ({reason}) {where}; checkpoint {run.last_path}")
@@ -570,13 +622,23 @@ def _log_steps(run: Run, state: RunState, window: EpochStats, clock: Clock, writ
 
 
 def _end_epoch(
-    run: Run, state: RunState, stats: EpochStats, clock: Clock, epoch_seconds: float, writer: Any, *, partial: bool
+    run: Run,
+    state: RunState,
+    stats: EpochStats,
+    clock: Clock,
+    timed: tuple[float, int],
+    writer: Any,
+    *,
+    partial: bool,
 ) -> None:
-    """Validate the model (and its EMA), log a line, write metrics.jsonl, TensorBoard, last.pt and, when
-    validation improved, best.pt. Only rank 0 validates and writes; the others wait for it. A ``partial``
-    epoch (the run stopped inside it) keeps its position, so a resumed run finishes the epoch."""
+    """Validate the model (and its EMA), refit a budgeted run's plan to the speed measured (``timed``: the
+    epoch's seconds and steps), log a line, write metrics.jsonl, TensorBoard, last.pt and, when validation
+    improved, best.pt. Only rank 0 validates and writes; the others wait for it. A ``partial`` epoch (the run
+    stopped inside it) keeps its position, so a resumed run finishes the epoch."""
+    epoch_seconds, epoch_steps = timed
     if not run.dist.is_main:
         if not partial:
+            _replan(run, state, clock, epoch_seconds, epoch_steps, val_seconds=0.0)
             state.epoch, state.batch = state.epoch + 1, 0
         barrier(run.dist)
         return
@@ -589,12 +651,20 @@ def _end_epoch(
     }
     if partial:
         entry["partial"] = True
+    validation_started = clock.elapsed()
     entry.update(_validate(run))
     entry["elapsed_minutes"] = clock.elapsed() / 60
+    replanned = None
+    if not partial:  # a stop inside an epoch ends the run: nothing to refit
+        replanned = _replan(run, state, clock, epoch_seconds, epoch_steps, clock.elapsed() - validation_started)
+    if run.plan.budget is not None:
+        entry["planned_steps"] = run.plan.total_steps
     state.history.append(entry)
     if not partial:
         state.epoch, state.batch = state.epoch + 1, 0
     run.log(_epoch_line(entry))
+    if replanned:
+        run.log(replanned)
     atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(e) + "\n" for e in state.history))
     if writer is not None:
         for key, value in entry.items():

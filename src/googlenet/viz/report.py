@@ -48,6 +48,8 @@ def _settings(run: Path) -> list[str]:
             f"{plan['total_steps']:,} steps planned to a {plan['budget_minutes']:g}-minute budget at a measured "
             f"{plan['images_per_step'] / plan['step_seconds']:.0f} img/s"
         )
+        if plan.get("replans"):
+            length += f" (re-planned at {plan['replans']} epoch ends, the last at step {plan['anchor_step']:,})"
     return [
         "## Settings",
         "",
