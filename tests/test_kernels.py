@@ -32,19 +32,21 @@ def test_the_set_up_built_the_kernels_where_there_is_a_compiler() -> None:
 
 
 def pool_both_ways(
-    x: torch.Tensor, pool: nn.MaxPool2d, relu: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Output and input gradient of the kernel and of ATen for the same input and upstream gradient."""
-    a = channels_last(x.clone()).requires_grad_()
-    b = x.clone().requires_grad_()
+    x: torch.Tensor, pool: nn.MaxPool2d, relu: bool, kernel_input: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Output and input gradient of the kernel and of ATen for the same input and upstream gradient. The kernel
+    pools ``kernel_input`` when given (a view of a tensor that requires grad: its gradient lands in the base,
+    and None is returned for it), else a channels_last copy of ``x``."""
+    a = kernel_input if kernel_input is not None else channels_last(x.clone()).requires_grad_()
+    b = x.detach().clone().requires_grad_()
     out = kernels.max_pool2d(a, pool, relu=relu)
     with kernels.use_aten():
         ref = kernels.max_pool2d(b, pool, relu=relu)
     grad = torch.randn_like(ref)
     out.backward(grad)
     ref.backward(grad)
-    assert a.grad is not None and b.grad is not None
-    return out, ref, a.grad, b.grad
+    assert b.grad is not None
+    return out, ref, a.grad if a.is_leaf else None, b.grad
 
 
 @needs_kernels
@@ -233,17 +235,10 @@ def test_max_pool_of_a_channel_slice_equals_aten_in_float64() -> None:
     wide = channels_last(torch.randint(-3, 4, (2, 12, 9, 7), dtype=torch.float64)).requires_grad_()
     part = wide[:, 3:10]
     assert part.stride(1) == 1 and part.stride(3) == 12
-    pool = nn.MaxPool2d(3, 2, ceil_mode=True)
-    out = kernels.max_pool2d(part, pool, relu=True)
-    reference = part.detach().clone().requires_grad_()
-    with kernels.use_aten():
-        expected = kernels.max_pool2d(reference, pool, relu=True)
-    grad = torch.randn_like(expected)
-    out.backward(grad)
-    expected.backward(grad)
-    assert wide.grad is not None and reference.grad is not None
+    out, expected, _, grad_ref = pool_both_ways(part, nn.MaxPool2d(3, 2, ceil_mode=True), True, kernel_input=part)
+    assert wide.grad is not None
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    torch.testing.assert_close(wide.grad[:, 3:10], reference.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(wide.grad[:, 3:10], grad_ref, rtol=1e-12, atol=1e-12)
     assert not wide.grad[:, :3].any() and not wide.grad[:, 10:].any()
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import Tensor
 
 from googlenet.explain.layers import BRANCHES, MODULE_KEYS
-from googlenet.viz.plots import new_figure, save_figure
+from googlenet.viz.plots import labelled_grid_png, new_figure, save_figure
 
 
 def _pixels(image: Tensor) -> np.ndarray:
@@ -69,27 +70,26 @@ class GridCell:
 def cam_grid_png(rows: list[tuple[str, list[GridCell]]], path: str | Path, title: str) -> None:
     """One row per class: its images with the CAM of the predicted class, captions green when right, red
     when wrong."""
-    columns = max((len(cells) for _, cells in rows), default=1) or 1
-    fig = new_figure("drawing the CAM grid", figsize=(1.9 * columns + 1.6, 2.0 * len(rows) + 0.6), layout="constrained")
-    axes = fig.subplots(len(rows), columns, squeeze=False)
-    for r, (label, cells) in enumerate(rows):
-        for c in range(columns):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(cells):
-                cell = cells[c]
-                _show(ax, cell.image, cell.heat)
-                ax.axis("on")
-                for spine in ax.spines.values():
-                    spine.set_color("tab:green" if cell.right else "tab:red")
-                    spine.set_linewidth(2.5)
-                ax.set_title(cell.caption, fontsize=7, color="tab:green" if cell.right else "tab:red")
-        axes[r][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
-        axes[r][0].axis("on")
-        axes[r][0].set_xticks([])
-        axes[r][0].set_yticks([])
-    fig.suptitle(title, fontsize=10)
-    save_figure(fig, path)
+
+    def draw(ax: Any, cell: GridCell) -> None:
+        colour = "tab:green" if cell.right else "tab:red"
+        _show(ax, cell.image, cell.heat)
+        ax.axis("on")
+        for spine in ax.spines.values():
+            spine.set_color(colour)
+            spine.set_linewidth(2.5)
+        ax.set_title(cell.caption, fontsize=7, color=colour)
+
+    labelled_grid_png(
+        rows,
+        draw,
+        path,
+        title,
+        feature="drawing the CAM grid",
+        cell=(1.9, 2.0),
+        label_on_left=True,
+        layout="constrained",
+    )
 
 
 def branch_shares_png(energy: Tensor, attribution: Tensor, channels: Tensor, path: str | Path, title: str) -> None:

@@ -7,8 +7,9 @@ imported when a picture is drawn, and its absence is a MissingExtraError naming 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor
 
@@ -23,6 +24,43 @@ def new_figure(feature: str, **kwargs: Any) -> Any:
 
 def save_figure(fig: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+
+
+Item = TypeVar("Item")
+
+
+def labelled_grid_png(
+    rows: Sequence[tuple[str, Sequence[Item]]],
+    draw: Callable[[Any, Item], None],
+    path: str | Path,
+    title: str,
+    *,
+    feature: str,
+    cell: tuple[float, float] = (1.6, 1.6),
+    label_on_left: bool = False,
+    **figure: Any,
+) -> None:
+    """Rows of pictures under a label each: ``draw(axes, item)`` fills a cell; the rows may differ in length.
+    The label is the row's title, or (``label_on_left``) written to the left of its first cell."""
+    columns = max((len(items) for _, items in rows), default=1) or 1
+    size = (cell[0] * columns + 1.6, cell[1] * len(rows) + 0.6)
+    fig = new_figure(feature, figsize=size, **figure)
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, (label, items) in enumerate(rows):
+        for c in range(columns):
+            axes[r][c].axis("off")
+            if c < len(items):
+                draw(axes[r][c], items[c])
+        first = axes[r][0]
+        if label_on_left:
+            first.axis("on")
+            first.set_xticks([])
+            first.set_yticks([])
+            first.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        else:
+            first.set_title(label, fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
 
 
 def confusion_png(confusion: Tensor, class_names: list[str], path: str | Path, title: str) -> None:
@@ -87,15 +125,8 @@ def curves_png(
 
 def image_grid_png(rows: list[tuple[str, list[Any]]], path: str | Path, title: str) -> None:
     """Labelled rows of PIL images, e.g. samples per class."""
-    columns = max((len(images) for _, images in rows), default=1) or 1
-    fig = new_figure("drawing the sample grid", figsize=(1.6 * columns + 1.5, 1.6 * len(rows) + 0.6))
-    axes = fig.subplots(len(rows), columns, squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(columns):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(images):
-                ax.imshow(images[c], cmap="gray" if images[c].mode == "L" else None)
-        axes[r][0].set_title(label, fontsize=8, loc="left")
-    fig.suptitle(title)
-    save_figure(fig, path)
+
+    def draw(ax: Any, image: Any) -> None:
+        ax.imshow(image, cmap="gray" if image.mode == "L" else None)
+
+    labelled_grid_png(rows, draw, path, title, feature="drawing the sample grid")
