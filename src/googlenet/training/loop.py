@@ -361,13 +361,18 @@ def _timing(run: Run, step_seconds: float, eval_seconds_per_image: float, elapse
     )
 
 
-def _workload(run: Run, state: RunState) -> Workload:
+def _validated_images(run: Run) -> int:
+    """Images one validation evaluates, every model counted (the EMA doubles it)."""
     val_images = run.data.val.num_samples if run.data.val is not None else 0
+    return val_images * (2 if run.ema is not None else 1)
+
+
+def _workload(run: Run, state: RunState) -> Workload:
     return Workload(
         steps_per_epoch=run.plan.steps_per_epoch,
         max_steps=run.cfg.train.epochs * run.plan.steps_per_epoch,
         done_steps=state.step,
-        val_images=val_images * (2 if run.ema is not None else 1),
+        val_images=_validated_images(run),
         test_images=test_split_size(run.cfg.data) * run.cfg.train.budget_test_views,
     )
 
@@ -401,13 +406,15 @@ def _replan(
 
 
 def _replan_timing(run: Run, step_seconds: float, val_seconds: float) -> tuple[float, float]:
-    """(seconds per step, seconds per evaluated image) as the epoch just ended measured them; where nothing
-    was validated (no split, or another process) the plan's evaluation speed stands."""
+    """(seconds per step, seconds per evaluated image) as the epoch just ended measured them. Only rank 0
+    validates: the other processes give 0, so the maximum over the processes is rank 0's figure. Where
+    there is no split to validate, the plan's evaluation speed stands."""
     budget = run.plan.budget
     assert budget is not None
-    images = _workload(run, RunState()).val_images
-    per_image = val_seconds / images if images and val_seconds > 0 else 1 / budget.eval_images_per_second
-    return step_seconds, per_image
+    images = _validated_images(run)
+    if images and val_seconds > 0:
+        return step_seconds, val_seconds / images
+    return step_seconds, 1 / budget.eval_images_per_second if run.dist.is_main else 0.0
 
 
 def _measure(run: Run) -> tuple[float, float]:
