@@ -121,7 +121,7 @@ def tiny(root: Path, *extra: str) -> Config:
 def fixed_speed(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine's measurement replaced by a known one, so the plan does not depend on the load: 2 s a step,
     300 validation images x 2 (model and EMA) at 600 img/s = 1 s; the epoch-end re-plans measure the same."""
-    monkeypatch.setattr(loop, "_measure", lambda run: (2.0, 1 / 600))
+    monkeypatch.setattr(loop, "_measure", lambda run: ({run.cfg.data.image_size: 2.0}, 1 / 600))
     monkeypatch.setattr(loop, "_replan_timing", lambda run, step_seconds, val_seconds: (2.0, 1 / 600))
 
 
@@ -180,7 +180,7 @@ class SlowMachine:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.extra = 0.0
         elapsed, step, validate = loop.Clock.elapsed, loop._optimizer_step, loop._validate
-        monkeypatch.setattr(loop, "_measure", lambda run: (2.0, 1 / 600))
+        monkeypatch.setattr(loop, "_measure", lambda run: ({run.cfg.data.image_size: 2.0}, 1 / 600))
         monkeypatch.setattr(loop.Clock, "elapsed", lambda clock: elapsed(clock) + self.extra)
         monkeypatch.setattr(loop, "_optimizer_step", lambda run: (step(run), self.wait(4.0)))
         monkeypatch.setattr(loop, "_validate", lambda run: (self.wait(1.0), validate(run))[1])

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from googlenet.errors import GoogLeNetError
@@ -35,10 +36,12 @@ class BudgetError(GoogLeNetError):
 class Timing:
     """What the trainer measured on this machine before training."""
 
-    step_seconds: float  # one optimizer step, data included (median over the measured steps)
+    step_seconds: float  # one optimizer step at the full image size, data included (median over the measured steps)
     images_per_step: int
     eval_images_per_second: float  # forward-only, as validation and testing run
     overhead_seconds: float  # on the run's clock before the next real step: set-up, measuring, earlier steps
+    # Progressive resizing: each training size's step time as a share of the full size's; empty without it.
+    size_costs: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class Workload:
     done_steps: int  # already taken (a resumed run re-planned to a new budget)
     val_images: int  # per validation, all models counted (the EMA doubles it)
     test_images: int  # the final test evaluation, all views counted (flip TTA doubles it)
+    # Progressive resizing: the steps from done_steps to a candidate total, counted in full-size steps (a
+    # step on smaller images counts less); None: every step counts one.
+    step_cost: Callable[[int], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class BudgetPlan:
     anchor_step: int = 0
     anchor_progress: float = 0.0
     replans: int = 0
+    size_costs: dict[int, float] = field(default_factory=dict)  # as in Timing; step_seconds is the full size's
 
     @property
     def anchor(self) -> tuple[int, float]:
@@ -79,7 +86,8 @@ class BudgetPlan:
 
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> BudgetPlan:
-        return cls(**table)
+        costs = {int(size): float(cost) for size, cost in table.get("size_costs", {}).items()}
+        return cls(**{**table, "size_costs": costs})
 
     @property
     def images_per_second(self) -> float:
@@ -88,8 +96,12 @@ class BudgetPlan:
     def describe(self, steps_per_epoch: int) -> str:
         epochs = self.total_steps / steps_per_epoch
         fits = "fit in" if self.limited_by == "budget" else "(the configured epochs) take about"
+        smaller = sorted(size for size, cost in self.size_costs.items() if cost != 1.0)
+        at_sizes = "".join(f", {self.images_per_second / self.size_costs[s]:,.0f} at {s} px" for s in smaller)
+        full = f" at {max(self.size_costs)} px" if self.size_costs else ""
         return (
-            f"measured {self.images_per_second:,.0f} img/s training, {self.eval_images_per_second:,.0f} img/s "
+            f"measured {self.images_per_second:,.0f} img/s training{full}{at_sizes}, "
+            f"{self.eval_images_per_second:,.0f} img/s "
             f"evaluating: {epochs:.2f} epochs = {self.total_steps:,} steps {fits} {self.budget_minutes:g} min "
             f"(each validation {self.val_seconds:.0f} s, test evaluation {self.test_seconds:.0f} s kept aside)"
         )
@@ -101,9 +113,10 @@ def seconds_for(steps: int, timing: Timing, work: Workload) -> float:
     epoch_ends = math.ceil(steps / work.steps_per_epoch) - work.done_steps // work.steps_per_epoch
     val_seconds = work.val_images / timing.eval_images_per_second
     test_seconds = work.test_images / timing.eval_images_per_second
+    full_size_steps = work.step_cost(steps) if work.step_cost is not None else steps - work.done_steps
     return (
         timing.overhead_seconds
-        + (steps - work.done_steps) * timing.step_seconds
+        + full_size_steps * timing.step_seconds
         + epoch_ends * (val_seconds + CHECKPOINT_SECONDS)
         + test_seconds
     )
@@ -141,6 +154,7 @@ def plan_steps(budget_minutes: float, timing: Timing, work: Workload) -> BudgetP
         test_seconds=work.test_images / timing.eval_images_per_second,
         overhead_seconds=timing.overhead_seconds,
         limited_by="epochs" if low >= work.max_steps else "budget",
+        size_costs=dict(timing.size_costs),
     )
 
 

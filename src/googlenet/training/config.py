@@ -25,7 +25,11 @@ class ConfigError(GoogLeNetError):
 class DataConfig:
     dataset: str = "fashion-mnist"  # "fashion-mnist" or "folder"
     root: str = "data"  # fashion-mnist: where its files are kept; folder: a folder with train/ (and val/)
-    image_size: int = 28
+    image_size: int = 28  # what the model is validated and tested at (and trained at, without start_size)
+    # Progressive resizing: training starts at this size and grows in 8-px steps to image_size, which it
+    # reaches when the learning-rate decay is grow_until of the way through; 0 = off.
+    start_size: int = 0
+    grow_until: float = 0.5
     val_fraction: float = 1 / 12  # held out of the training images, seeded; 5,000 of Fashion-MNIST's 60,000
     train_subset: int = 0  # use only this many training images (0 = all): for quick demos
     batch_size: int = 128
@@ -114,6 +118,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # (low, high, low inclusive): the range each numeric key must fall in.
 RANGES: dict[str, tuple[float, float, bool]] = {
     "data.image_size": (8, 4096, True),
+    "data.start_size": (0, 4096, True),
+    "data.grow_until": (0, 1, False),
     "data.val_fraction": (0, 0.9, True),
     "data.train_subset": (0, math.inf, True),
     "data.batch_size": (1, 65536, True),

@@ -66,6 +66,7 @@ from googlenet.training.optim import (
     set_learning_rate,
 )
 from googlenet.training.progress import EpochBar, EpochStats
+from googlenet.training.resizing import resize_batch, size_at, step_cost, training_sizes
 from googlenet.training.schedule import decay_progress, lr_factor
 
 Log = Callable[[str], None]
@@ -118,6 +119,12 @@ def build_model(config: Config, num_classes: int, in_channels: int) -> GoogLeNet
         raise ConfigError(
             f"data.image_size={config.data.image_size} is below the {spec.name} variant's minimum of "
             f"{spec.min_input_size} px; use model.name=small for small images"
+        )
+    start = config.data.start_size
+    if start and not spec.min_input_size <= start <= config.data.image_size:
+        raise ConfigError(
+            f"data.start_size={start} must lie between the {spec.name} variant's minimum of {spec.min_input_size} "
+            f"px and data.image_size={config.data.image_size} (or be 0: no progressive resizing)"
         )
     model = create_model(config.model.name, num_classes=num_classes, in_channels=in_channels, aux=config.model.aux)
     if config.model.dropout >= 0:
@@ -192,10 +199,23 @@ class Run:
     def best_path(self) -> Path:
         return self.out / "checkpoints" / "best.pt"
 
+    @property
+    def anchor(self) -> tuple[int, float]:
+        return self.plan.budget.anchor if self.plan.budget is not None else (0, 0.0)
+
+    @property
+    def warmup_steps(self) -> float:
+        return self.cfg.schedule.warmup_epochs * self.plan.steps_per_epoch
+
     def learning_rate(self, step: int) -> float:
-        anchor = self.plan.budget.anchor if self.plan.budget is not None else (0, 0.0)
-        factor = lr_factor(step, self.plan.total_steps, self.plan.steps_per_epoch, self.cfg.schedule, anchor)
+        factor = lr_factor(step, self.plan.total_steps, self.plan.steps_per_epoch, self.cfg.schedule, self.anchor)
         return self.cfg.optim.lr * factor
+
+    def train_size(self, step: int) -> int:
+        """The size of the training images at optimizer step ``step``: data.image_size, or smaller early in
+        the run with progressive resizing (data.start_size)."""
+        progress = decay_progress(step, self.plan.total_steps, self.warmup_steps, self.anchor)
+        return size_at(progress, self.cfg.data)
 
 
 def _last_path(out: Path) -> Path:
@@ -341,23 +361,28 @@ def _plan_budget(run: Run, state: RunState, clock: Clock, resumed: dict[str, Any
             return
     if state.step >= run.plan.total_steps:
         return  # nothing left to plan
-    step_seconds, eval_seconds_per_image = _measure(run)
-    timing = _timing(run, step_seconds, eval_seconds_per_image, clock.elapsed())
-    run.plan.budget = plan_steps(cfg.train.max_minutes, timing, _workload(run, state))
+    size_seconds, eval_seconds_per_image = _measure(run)
+    timing = _timing(run, size_seconds, eval_seconds_per_image, clock.elapsed())
+    run.plan.budget = plan_steps(cfg.train.max_minutes, timing, _workload(run, state, timing.size_costs))
     run.plan.total_steps = run.plan.budget.total_steps
     run.log(run.plan.budget.describe(run.plan.steps_per_epoch))
 
 
-def _timing(run: Run, step_seconds: float, eval_seconds_per_image: float, elapsed: float) -> Timing:
+def _timing(run: Run, size_seconds: dict[int, float], eval_seconds_per_image: float, elapsed: float) -> Timing:
+    """The plan's figures from seconds per step at each training size (the full size's is the plan's step
+    time; the others become shares of it)."""
+    sizes = sorted(size_seconds)
     # Every process must plan the same steps (their learning rates must agree): all plan by the slowest.
-    step_seconds, eval_seconds_per_image, overhead = max_over_ranks(
-        [step_seconds, eval_seconds_per_image, elapsed], run.dist
+    *seconds, eval_seconds_per_image, overhead = max_over_ranks(
+        [*(size_seconds[s] for s in sizes), eval_seconds_per_image, elapsed], run.dist
     )
+    full = seconds[-1]
     return Timing(
-        step_seconds=step_seconds,
+        step_seconds=full,
         images_per_step=run.cfg.data.batch_size * run.plan.accumulate,
         eval_images_per_second=1 / eval_seconds_per_image,
         overhead_seconds=overhead,
+        size_costs={s: t / full for s, t in zip(sizes, seconds, strict=True)} if len(sizes) > 1 else {},
     )
 
 
@@ -367,13 +392,26 @@ def _validated_images(run: Run) -> int:
     return val_images * (2 if run.ema is not None else 1)
 
 
-def _workload(run: Run, state: RunState) -> Workload:
+def _workload(
+    run: Run, state: RunState, size_costs: dict[int, float], anchor: tuple[int, float] = (0, 0.0)
+) -> Workload:
+    """What the rest of the run must do. With progressive resizing a step's cost depends on its size, and
+    its size on the candidate total and the ``anchor`` the plan will have."""
+    cost = None
+    if size_costs:
+        warmup, data = run.warmup_steps, run.cfg.data
+
+        def size_for(step: int, total: int) -> int:
+            return size_at(decay_progress(step, total, warmup, anchor), data)
+
+        cost = step_cost(state.step, size_for, size_costs)
     return Workload(
         steps_per_epoch=run.plan.steps_per_epoch,
         max_steps=run.cfg.train.epochs * run.plan.steps_per_epoch,
         done_steps=state.step,
         val_images=_validated_images(run),
         test_images=test_split_size(run.cfg.data) * run.cfg.train.budget_test_views,
+        step_cost=cost,
     )
 
 
@@ -393,11 +431,16 @@ def _replan(
         return None
     if state.step >= run.plan.total_steps:
         return None  # the schedule is done: nothing left to refit
-    step_seconds, eval_seconds_per_image = _replan_timing(run, epoch_seconds / epoch_steps, val_seconds)
-    timing = _timing(run, step_seconds, eval_seconds_per_image, clock.elapsed() + CHECKPOINT_SECONDS)
-    warmup = run.cfg.schedule.warmup_epochs * run.plan.steps_per_epoch
-    progress = decay_progress(state.step, run.plan.total_steps, warmup, budget.anchor)
-    fresh = replan(budget, timing, _workload(run, state), progress)
+    # The epoch's steps in full-size steps: with progressive resizing some were cheaper.
+    epoch_range = range(state.step - epoch_steps, state.step)
+    full_size_steps = sum(budget.size_costs.get(run.train_size(s), 1.0) for s in epoch_range)
+    step_seconds, eval_seconds_per_image = _replan_timing(run, epoch_seconds / full_size_steps, val_seconds)
+    # The sizes keep the shares of the full size's step time they were measured at.
+    size_seconds = {s: step_seconds * c for s, c in budget.size_costs.items()}
+    size_seconds = size_seconds or {run.cfg.data.image_size: step_seconds}
+    timing = _timing(run, size_seconds, eval_seconds_per_image, clock.elapsed() + CHECKPOINT_SECONDS)
+    progress = decay_progress(state.step, run.plan.total_steps, run.warmup_steps, budget.anchor)
+    fresh = replan(budget, timing, _workload(run, state, budget.size_costs, (state.step, progress)), progress)
     if fresh is budget:
         return None
     run.plan.budget, run.plan.total_steps = fresh, fresh.total_steps
@@ -417,15 +460,15 @@ def _replan_timing(run: Run, step_seconds: float, val_seconds: float) -> tuple[f
     return step_seconds, 1 / budget.eval_images_per_second if run.dist.is_main else 0.0
 
 
-def _measure(run: Run) -> tuple[float, float]:
-    """(seconds per optimizer step, seconds per evaluated image), timed on a throw-away copy of the model and
-    optimizer over the first batches, so the real run starts untouched. The random state is put back, so a
-    measured run takes the same steps as one that was not measured."""
+def _measure(run: Run) -> tuple[dict[int, float], float]:
+    """(seconds per optimizer step at each training size, seconds per evaluated image), timed on a throw-away
+    copy of the model and optimizer over the first batches, so the real run starts untouched. The random
+    state is put back, so a measured run takes the same steps as one that was not measured."""
     with _random_state_kept(run.device):
         return _time_steps(run)
 
 
-def _time_steps(run: Run) -> tuple[float, float]:
+def _time_steps(run: Run) -> tuple[dict[int, float], float]:
     model = copy.deepcopy(run.model)
     trial = dataclasses.replace(
         run,
@@ -435,17 +478,24 @@ def _time_steps(run: Run) -> tuple[float, float]:
         ema=build_ema(model, run.cfg.train.ema_decay),
         log=_silent,
     )
+    # The full size first: the smaller ones then reuse its allocations, as they will in the run.
+    sizes = sorted(training_sizes(run.cfg.data), reverse=True)
+    size_seconds = {size: _time_size(trial, size) for size in sizes}
+    return size_seconds, _measure_evaluation(run, _for_evaluation(run, model))
+
+
+def _time_size(trial: Run, size: int) -> float:
+    """The median seconds of an optimizer step on ``size``-px images, over the first batches of the epoch."""
     state, stats, clock = RunState(), EpochStats(), Clock()
     marks: list[float] = []
-    for x, y in run.data.train.epoch(0):
-        if _train_batch(trial, state, x, y, stats, clock):
-            _synchronize(run.device)
+    for x, y in trial.data.train.epoch(0):
+        if _train_batch(trial, state, resize_batch(x, size), y, stats, clock):
+            _synchronize(trial.device)
             marks.append(clock.elapsed())
-        if len(marks) > WARMUP_STEPS + TIMED_STEPS or state.batch == run.plan.batches_per_epoch:
+        if len(marks) > WARMUP_STEPS + TIMED_STEPS or state.batch == trial.plan.batches_per_epoch:
             break
     gaps = sorted(b - a for a, b in zip(marks[WARMUP_STEPS - 1 :], marks[WARMUP_STEPS:], strict=False))
-    step_seconds = gaps[len(gaps) // 2] if gaps else marks[-1] / len(marks)  # the median: robust to a hiccup
-    return step_seconds, _measure_evaluation(run, _for_evaluation(run, model))
+    return gaps[len(gaps) // 2] if gaps else marks[-1] / len(marks)  # the median: robust to a hiccup
 
 
 def _measure_evaluation(run: Run, model: nn.Module) -> float:
@@ -484,7 +534,7 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
     cfg, plan = run.cfg, run.plan
     run.log(
         f"training {cfg.model.name} on {cfg.data.dataset} ({run.data.train.num_samples:,} images, "
-        f"{len(run.data.class_names)} classes, {cfg.data.image_size} px) for "
+        f"{len(run.data.class_names)} classes, {_sizes_text(cfg)}) for "
         f"{plan.total_steps / plan.steps_per_epoch:.3g} epochs = {plan.total_steps:,} steps on {run.device.type} "
         f"({cfg.train.precision})" + (f", {run.dist.world_size} processes" if run.dist.enabled else "")
     )
@@ -503,7 +553,7 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
             _training_mode(run)
             bar.start(state.epoch, plan.epochs, plan.batches_per_epoch, state.batch)
             for x, y in run.data.train.epoch(state.epoch, state.batch):
-                stepped = _train_batch(run, state, x, y, stats, clock)
+                stepped = _train_batch(run, state, resize_batch(x, run.train_size(state.step)), y, stats, clock)
                 bar.batch_done()
                 if not stepped:
                     continue
@@ -530,6 +580,13 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
         writer.close()
     best = run.best_path if run.best_path.exists() else None
     return TrainResult(run.out, run.last_path, best, state.history, stopped, state.step)
+
+
+def _sizes_text(cfg: Config) -> str:
+    sizes = training_sizes(cfg.data)
+    if len(sizes) == 1:
+        return f"{sizes[0]} px"
+    return f"{'-'.join(map(str, sizes))} px, growing until {cfg.data.grow_until:.0%} of the decay"
 
 
 def _training_mode(run: Run) -> None:
@@ -619,6 +676,7 @@ def _log_steps(run: Run, state: RunState, window: EpochStats, clock: Clock, writ
         "epoch": round(state.epoch + state.batch / run.plan.batches_per_epoch, 4),
         **window.as_dict(),
         "lr": run.learning_rate(state.step - 1),
+        "image_size": run.train_size(state.step - 1),
         "elapsed_minutes": clock.elapsed() / 60,
     }
     state.steps_log.append(row)
