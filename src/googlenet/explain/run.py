@@ -9,7 +9,7 @@ and draws the CAMs of right and wrong answers for every class: what ``googlenet 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,23 @@ def _examples(heads: HeadAccuracy, per_class: int) -> list[int]:
     return chosen
 
 
+def _sharing(
+    batches: Iterable[tuple[Tensor, Tensor]], model: GoogLeNet, accumulator: ClassShareAccumulator, per_class: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``batches`` passed on unchanged, after adding the branch shares of each class's first ``per_class``
+    images to ``accumulator``."""
+    taken = torch.zeros(len(accumulator.class_names), dtype=torch.long)
+    for x, labels in batches:
+        keep = torch.zeros(len(labels), dtype=torch.bool)
+        for i, label in enumerate(labels.tolist()):
+            if taken[label] < per_class:
+                taken[label] += 1
+                keep[i] = True
+        if keep.any():
+            accumulator.add(branch_shares(model, x[keep]), labels[keep])
+        yield x, labels
+
+
 def _gather(batches: Iterable[tuple[Tensor, Tensor]], wanted: list[int]) -> dict[int, Tensor]:
     """The images at ``wanted`` positions of a split read in order."""
     remaining, found, offset = set(wanted), {}, 0
@@ -260,20 +277,12 @@ def explain_split(
     split_data = open_split(checkpoint, split, data_root)
     model, prep, class_names, batches = split_data.model, split_data.prep, split_data.class_names, split_data.batches
     out = writable_dir(out)
-    heads = head_accuracy(model, progress(batches.epoch(0), len(batches), f"early exits on {split}"), class_names)
-
+    # One pass over the split for the early exits and the branch shares; a second gathers the CAM examples.
     accumulator = ClassShareAccumulator(model, class_names)
-    taken = torch.zeros(len(class_names), dtype=torch.long)
-    for x, labels in progress(batches.epoch(0), len(batches), "branch shares"):
-        keep = torch.zeros(len(labels), dtype=torch.bool)
-        for i, label in enumerate(labels.tolist()):
-            if taken[label] < share_images:
-                taken[label] += 1
-                keep[i] = True
-        if keep.any():
-            accumulator.add(branch_shares(model, x[keep]), labels[keep])
-        if bool((taken >= share_images).all()):
-            break
+    stream = _sharing(batches.epoch(0), model, accumulator, share_images)
+    heads = head_accuracy(
+        model, progress(stream, len(batches), f"early exits and branch shares on {split}"), class_names
+    )
     shares = accumulator.result()
     energy, attribution = shares.overall()
     shares_figure = out / "branch_shares.png"
