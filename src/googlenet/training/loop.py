@@ -211,11 +211,13 @@ class Run:
         factor = lr_factor(step, self.plan.total_steps, self.plan.steps_per_epoch, self.cfg.schedule, self.anchor)
         return self.cfg.optim.lr * factor
 
-    def train_size(self, step: int) -> int:
+    def train_size(self, step: int, total: int | None = None, anchor: tuple[int, float] | None = None) -> int:
         """The size of the training images at optimizer step ``step``: data.image_size, or smaller early in
-        the run with progressive resizing (data.start_size)."""
-        progress = decay_progress(step, self.plan.total_steps, self.warmup_steps, self.anchor)
-        return size_at(progress, self.cfg.data)
+        the run with progressive resizing (data.start_size). ``total`` and ``anchor`` default to the plan's; a
+        budget asks about candidate plans."""
+        total = self.plan.total_steps if total is None else total
+        anchor = self.anchor if anchor is None else anchor
+        return size_at(decay_progress(step, total, self.warmup_steps, anchor), self.cfg.data)
 
 
 def _last_path(out: Path) -> Path:
@@ -399,12 +401,7 @@ def _workload(
     its size on the candidate total and the ``anchor`` the plan will have."""
     cost = None
     if size_costs:
-        warmup, data = run.warmup_steps, run.cfg.data
-
-        def size_for(step: int, total: int) -> int:
-            return size_at(decay_progress(step, total, warmup, anchor), data)
-
-        cost = step_cost(state.step, size_for, size_costs)
+        cost = step_cost(state.step, lambda step, total: run.train_size(step, total, anchor), size_costs)
     return Workload(
         steps_per_epoch=run.plan.steps_per_epoch,
         max_steps=run.cfg.train.epochs * run.plan.steps_per_epoch,
