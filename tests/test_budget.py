@@ -10,7 +10,16 @@ import pytest
 
 from googlenet.cli import main
 from googlenet.training import loop
-from googlenet.training.budget import SAFETY_SHARE, BudgetError, Timing, Workload, plan_steps, replan, seconds_for
+from googlenet.training.budget import (
+    SAFETY_SHARE,
+    BudgetError,
+    Timing,
+    TrainingPace,
+    Workload,
+    plan_steps,
+    replan,
+    seconds_for,
+)
 from googlenet.training.checkpoint import load_checkpoint
 from googlenet.training.config import Config, load_config
 from googlenet.training.loop import resume, train
@@ -54,6 +63,19 @@ def test_a_resumed_run_plans_only_what_is_left() -> None:
     assert resumed - plan_steps(28, TIMING, WORK).total_steps == 33
     usable = 572 + (28 * 60 - 572) * (1 - SAFETY_SHARE)
     assert seconds_for(resumed, later, done) <= usable < seconds_for(resumed + 1, later, done)
+
+
+def test_a_replan_plans_with_the_last_epochs_pace_blended_with_the_whole_runs() -> None:
+    pace = TrainingPace()
+    # The first epoch: its own pace is the whole run's.
+    assert pace.add_epoch(200.0, 400) == pytest.approx(0.5)
+    # A second epoch 10% slower moves the plan's step time by 7.5%, not 10%: (0.55 + 420 / 800) / 2.
+    assert pace.add_epoch(220.0, 400) == pytest.approx((0.55 + 0.525) / 2)
+    # A slow-down that lasts pulls the step time towards it epoch by epoch.
+    paces = [pace.add_epoch(240.0, 400) for _ in range(6)]
+    assert all(a < b < 0.6 for a, b in itertools.pairwise(paces)) and paces[-1] > 0.57
+    # Steps at smaller sizes count as their share of a full-size step (a float).
+    assert TrainingPace().add_epoch(90.0, 180.5) == pytest.approx(90 / 180.5)
 
 
 def test_a_replan_refits_the_rest_of_the_schedule_to_the_speed_measured() -> None:

@@ -44,6 +44,23 @@ class Timing:
     size_costs: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass
+class TrainingPace:
+    """The training seconds and full-size steps of the epochs this process has timed, for the re-plans."""
+
+    seconds: float = 0.0
+    steps: float = 0.0
+
+    def add_epoch(self, seconds: float, steps: float) -> float:
+        """Count an epoch in; return the seconds per full-size step to plan the rest of the run with: the mean
+        of this epoch's pace and the whole run's. On a shared machine one epoch can run 7% off the next, and a
+        plan fitted to each epoch alone swings by as much; the whole run's pace alone would follow a lasting
+        slow-down too late, and the run would meet its hard limit before the end of its schedule."""
+        self.seconds += seconds
+        self.steps += steps
+        return (seconds / steps + self.seconds / self.steps) / 2
+
+
 @dataclass(frozen=True)
 class Workload:
     """What the run must do besides training steps."""

@@ -42,7 +42,15 @@ from googlenet.errors import GoogLeNetError
 from googlenet.evaluation.metrics import evaluate_batches, predict_logits
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet, create_model, get_variant
-from googlenet.training.budget import CHECKPOINT_SECONDS, BudgetPlan, Timing, Workload, plan_steps, replan
+from googlenet.training.budget import (
+    CHECKPOINT_SECONDS,
+    BudgetPlan,
+    Timing,
+    TrainingPace,
+    Workload,
+    plan_steps,
+    replan,
+)
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
 from googlenet.training.data import Batches, DataBundle, Preprocessing, build_data, test_split_size
@@ -190,6 +198,7 @@ class Run:
     ema: AveragedModel | None
     plan: Plan
     log: Log
+    pace: TrainingPace = field(default_factory=TrainingPace)  # the epochs timed so far, for the re-plans
 
     @property
     def last_path(self) -> Path:
@@ -419,8 +428,9 @@ REPLAN_MIN_STEPS = 5
 def _replan(
     run: Run, state: RunState, clock: Clock, epoch_seconds: float, epoch_steps: int, val_seconds: float
 ) -> str | None:
-    """At an epoch end of a budgeted run, refit the rest of the schedule to the speed this epoch and its
-    validation had: a shared machine is rarely as fast over half an hour as in its first seconds. Every
+    """At an epoch end of a budgeted run, refit the rest of the schedule to the speed measured (training: this
+    epoch's pace blended with the whole run's; validation: this epoch's): a shared machine is rarely as fast
+    over half an hour as in its first seconds. Every
     process calls it at the same epoch ends (rank 0 alone knows the validation time); the new plan is in the
     checkpoint written next, so a resumed run follows it. Returns the line to log when the plan changed."""
     budget = run.plan.budget
@@ -431,7 +441,8 @@ def _replan(
     # The epoch's steps in full-size steps: with progressive resizing some were cheaper.
     epoch_range = range(state.step - epoch_steps, state.step)
     full_size_steps = sum(budget.size_costs.get(run.train_size(s), 1.0) for s in epoch_range)
-    step_seconds, eval_seconds_per_image = _replan_timing(run, epoch_seconds / full_size_steps, val_seconds)
+    step_seconds = run.pace.add_epoch(epoch_seconds, full_size_steps)
+    step_seconds, eval_seconds_per_image = _replan_timing(run, step_seconds, val_seconds)
     # The sizes keep the shares of the full size's step time they were measured at.
     size_seconds = {s: step_seconds * c for s, c in budget.size_costs.items()}
     size_seconds = size_seconds or {run.cfg.data.image_size: step_seconds}
