@@ -224,7 +224,7 @@ def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
 
 
 def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.evaluation.metrics import FlipAverage
+    from googlenet.evaluation.metrics import ViewAverage
     from googlenet.training.data import eval_split
 
     checkpoint = finished_run / "checkpoints" / "best.pt"
@@ -232,16 +232,52 @@ def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashio
     model.eval()
     x, _ = next(iter(eval_split(tiny_config(fashion_root).data, prep, "val", 0).epoch(0)))
     with torch.no_grad():
-        averaged = FlipAverage(model)(x)
+        averaged = ViewAverage(model)(x)
         by_hand = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
         assert torch.allclose(averaged.exp(), by_hand, atol=1e-6)
-        assert torch.allclose(FlipAverage(model)(x.flip(3)), averaged, atol=1e-5)  # a mirror image: same answer
+        assert torch.allclose(ViewAverage(model)(x.flip(3)), averaged, atol=1e-5)  # a mirror image: same answer
     report = evaluate_checkpoint(checkpoint, split="val", out_dir=tmp_path, tta="flip")
     plain = evaluate_checkpoint(checkpoint, split="val", out_dir=tmp_path / "plain")
     assert json.loads((tmp_path / "eval_val.json").read_text())["tta"] == "flip"
     assert report.result.num_samples == plain.result.num_samples == 300
     assert report.result.loss != plain.result.loss  # the mirrored views changed the predictions
     assert main(["evaluate", str(checkpoint), "--tta", "flip", "--crops", "10"]) == 2
+
+
+def test_flip_shift_tta_averages_ten_views(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
+    from googlenet.evaluation.metrics import TTA_VIEWS, ViewAverage, shift_pixels
+    from googlenet.training.data import eval_split
+
+    assert (shift_pixels(64), shift_pixels(224), shift_pixels(28)) == (2, 7, 1)
+    seen: list[torch.Tensor] = []
+
+    def record(view: torch.Tensor) -> torch.Tensor:
+        seen.append(view)
+        return torch.zeros(view.shape[0], 10)
+
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    ViewAverage(record, shift=2)(x)
+    assert len(seen) == TTA_VIEWS["flip-shift"] == 10 and all(v.shape == x.shape for v in seen)
+    assert torch.equal(seen[0], x) and torch.equal(seen[1], x.flip(-1))
+    # Moved 2 px left: column j shows column j + 2, the uncovered columns repeat the edge; then its mirror.
+    left = seen[2]
+    assert torch.equal(left[..., :-2], x[..., 2:]) and torch.equal(left[..., -2:], x[..., -1:].expand(-1, -1, -1, 2))
+    assert torch.equal(seen[3], left.flip(-1))
+    # Moved right, up (row i shows row i + 2) and down.
+    assert torch.equal(seen[4][..., 2:], x[..., :-2]) and torch.equal(seen[6][..., :-2, :], x[..., 2:, :])
+    assert torch.equal(seen[8][..., 2:, :], x[..., :-2, :])
+    # On the trained model: the log of the ten views' mean class probabilities, one row per image.
+    checkpoint = finished_run / "checkpoints" / "best.pt"
+    model, prep, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    images, _ = next(iter(eval_split(tiny_config(fashion_root).data, prep, "val", 0).epoch(0)))
+    tta = ViewAverage(model.eval(), shift=shift_pixels(prep.image_size))
+    with torch.no_grad():
+        by_hand = torch.stack([model(v).softmax(1) for v in tta.views(images)]).mean(0)
+        assert torch.allclose(tta(images).exp(), by_hand, atol=1e-6)
+    cli = ["evaluate", str(checkpoint), "--split", "val", "--tta", "flip-shift", "--backend", "torch"]
+    assert main([*cli, "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "eval_val.json").read_text())
+    assert written["tta"] == "flip-shift" and written["num_samples"] == 300
 
 
 def test_without_validation_best_pt_is_the_latest_averaged_model(fashion_root: Path, tmp_path: Path) -> None:

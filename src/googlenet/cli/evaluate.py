@@ -14,9 +14,10 @@ def register(commands: Commands) -> None:
     parser.add_argument("--crops", type=int, choices=(1, 10, 144), default=1, help="views per image (the paper's)")
     parser.add_argument(
         "--tta",
-        choices=("none", "flip"),
+        choices=("none", "flip", "flip-shift"),
         default="none",
-        help="test-time augmentation: flip averages each image with its mirror image (default: none)",
+        help="test-time augmentation: flip averages each image with its mirror image; flip-shift also with the "
+        "image shifted 1/32 of its side up, down, left and right, each mirrored (10 views) (default: none)",
     )
     parser.add_argument(
         "--heads",
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return _heads(args)
     if len(args.checkpoint) > 1 or args.crops != 1:
         if args.tta != "none":
-            raise UsageError("--tta flip works on one checkpoint at --crops 1; multi-crop testing already mirrors")
+            raise UsageError("--tta works on one checkpoint at --crops 1; multi-crop testing already mirrors")
         return _multicrop(args)
     from googlenet.evaluation.evaluate import evaluate_checkpoint, format_result
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from googlenet.deploy.engines import check_choice, select_engine
-from googlenet.evaluation.metrics import TTA_CHOICES, EvalResult, FlipAverage, evaluate_batches
+from googlenet.evaluation.metrics import TTA_CHOICES, TTA_NAMES, EvalResult, evaluate_batches, tta_scorer
 from googlenet.extras import MissingExtraError
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, model_from_checkpoint
@@ -31,7 +31,7 @@ class EvalReport:
     json_path: Path
     confusion_path: Path | None  # None: not drawn (see confusion_note)
     engine: str = "torch fp32"
-    tta: str = "none"  # test-time augmentation: "none" or "flip"
+    tta: str = "none"  # test-time augmentation: one of TTA_CHOICES
     confusion_note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,7 +93,8 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Metrics of ``checkpoint`` on ``split``, run by ``backend`` (a name, or "auto" to measure) at
     ``precision``; int8 is calibrated on the first CALIBRATION_IMAGES training images. ``tta="flip"``
-    averages each image's prediction with its mirror image's."""
+    averages each image's prediction with its mirror image's; ``"flip-shift"`` also with four shifted views
+    and their mirror images (10 views)."""
     check_choice(backend, precision)
     if tta not in TTA_CHOICES:
         raise ValueError(f"tta must be one of {', '.join(TTA_CHOICES)}; got {tta!r}")
@@ -118,7 +119,7 @@ def evaluate_checkpoint(
     def bar(stream: Any, total: int) -> Any:
         return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
 
-    scorer = FlipAverage(engine) if tta == "flip" else engine
+    scorer = tta_scorer(engine, tta, prep.image_size)
     result = evaluate_batches(scorer, batches, len(class_names), progress=bar)
     report = EvalReport(
         checkpoint=checkpoint,
@@ -135,7 +136,7 @@ def evaluate_checkpoint(
     for path in {report.json_path, *([Path(json_path)] if json_path else [])}:
         atomic_write_text(path, text)
     title = f"{split}: top-1 {result.top1:.4f} over {result.num_samples:,} images"
-    title += ", flip TTA" if tta == "flip" else ""
+    title += f", {tta} TTA" if tta != "none" else ""
     try:
         confusion_png(result.confusion, class_names, out / f"confusion_{split}.png", title)
     except MissingExtraError as error:  # the metrics are the result; the picture is a bonus
@@ -148,7 +149,7 @@ def format_result(report: EvalReport) -> str:
     width = max(len(n) for n in report.class_names)
     lines = [
         f"{report.checkpoint} on {report.split} ({r.num_samples:,} images, {report.weights} weights)",
-        f"engine: {report.engine}" + (", flip test-time augmentation" if report.tta == "flip" else ""),
+        f"engine: {report.engine}" + (f", {TTA_NAMES[report.tta]}" if report.tta != "none" else ""),
         f"top-1 {r.top1:.4f}   top-5 {r.top5:.4f}   loss {r.loss:.4f}",
         "",
         "per-class accuracy:",

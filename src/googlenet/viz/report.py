@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from googlenet.errors import GoogLeNetError
+from googlenet.evaluation.metrics import TTA_NAMES
 from googlenet.extras import require
 from googlenet.files import atomic_write_text
 from googlenet.training.checkpoint import load_checkpoint
@@ -70,7 +71,7 @@ def _evaluations(run: Path) -> list[str]:
         split = result["split"]
         lines += [
             f"## Evaluation on {split} ({result['num_samples']:,} images, {result['weights']} weights"
-            + (", flip test-time augmentation)" if result.get("tta") == "flip" else ")"),
+            + (f", {TTA_NAMES[result['tta']]})" if result.get("tta", "none") != "none" else ")"),
             "",
             f"**top-1 {result['top1']:.4f}**, top-5 {result['top5']:.4f}, loss {result['loss']:.4f}",
             "",

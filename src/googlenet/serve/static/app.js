@@ -39,7 +39,7 @@ function drawCard(model) {
     ["batching", model.batching.max_batch > 1 ? `up to ${model.batching.max_batch} images, ${model.batching.wait_ms} ms window` : "off"],
   ];
   if (model.test) {
-    rows.push(["test accuracy", `top-1 ${pct(model.test.top1)}, top-5 ${pct(model.test.top5)} on ${int(model.test.num_samples)} images${model.test.tta === "flip" ? " (flip TTA)" : ""}`]);
+    rows.push(["test accuracy", `top-1 ${pct(model.test.top1)}, top-5 ${pct(model.test.top5)} on ${int(model.test.num_samples)} images${model.test.tta && model.test.tta !== "none" ? ` (${model.test.tta} TTA)` : ""}`]);
   }
   const dl = $("card");
   dl.replaceChildren();
