@@ -245,7 +245,7 @@ def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashio
 
 
 def test_flip_shift_tta_averages_ten_views(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.evaluation.metrics import TTA_VIEWS, ViewAverage, shift_pixels
+    from googlenet.evaluation.metrics import ViewAverage, shift_pixels
     from googlenet.training.data import eval_split
 
     assert (shift_pixels(64), shift_pixels(224), shift_pixels(28)) == (2, 7, 1)
@@ -257,7 +257,7 @@ def test_flip_shift_tta_averages_ten_views(finished_run: Path, fashion_root: Pat
 
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
     ViewAverage(record, shift=2)(x)
-    assert len(seen) == TTA_VIEWS["flip-shift"] == 10 and all(v.shape == x.shape for v in seen)
+    assert len(seen) == 10 and all(v.shape == x.shape for v in seen)
     assert torch.equal(seen[0], x) and torch.equal(seen[1], x.flip(-1))
     # Moved 2 px left: column j shows column j + 2, the uncovered columns repeat the edge; then its mirror.
     left = seen[2]

@@ -27,8 +27,6 @@ class EvalResult:
 
 
 TTA_CHOICES = ("none", "flip", "flip-shift")
-# Views per image of each test-time augmentation: what the budget keeps time for (train.budget_test_views).
-TTA_VIEWS = {"none": 1, "flip": 2, "flip-shift": 10}
 TTA_NAMES = {"none": "", "flip": "flip test-time augmentation", "flip-shift": "flip + shift test-time augmentation"}
 
 
@@ -46,24 +44,21 @@ class ViewAverage(nn.Module):
         self.shift = shift
 
     def views(self, x: Tensor) -> Iterator[Tensor]:
+        yield x
+        yield x.flip(-1)
         k = self.shift
-        moves = [(0, 0)] + ([(k, 0), (-k, 0), (0, k), (0, -k)] if k else [])
-        padded = F.pad(x, (k, k, k, k), mode="replicate") if k else x
+        if not k:
+            return
+        padded = F.pad(x, (k, k, k, k), mode="replicate")
         h, w = x.shape[-2:]
-        for dx, dy in moves:
-            view = padded[..., k + dy : k + dy + h, k + dx : k + dx + w].contiguous() if k else x
+        for dx, dy in ((k, 0), (-k, 0), (0, k), (0, -k)):
+            view = padded[..., k + dy : k + dy + h, k + dx : k + dx + w].contiguous()
             yield view
             yield view.flip(-1)
 
     def forward(self, x: Tensor) -> Tensor:
-        total = None
-        count = 0
-        for view in self.views(x):
-            probabilities = self.model(view).float().softmax(1)
-            total = probabilities if total is None else total + probabilities
-            count += 1
-        assert total is not None
-        return (total / count).log()
+        probabilities = [self.model(view).float().softmax(1) for view in self.views(x)]
+        return torch.stack(probabilities).mean(0).log()
 
 
 def shift_pixels(image_size: int) -> int:
@@ -75,9 +70,8 @@ def shift_pixels(image_size: int) -> int:
 def tta_scorer(
     engine: nn.Module | Callable[[Tensor], Tensor], tta: str, image_size: int
 ) -> nn.Module | Callable[[Tensor], Tensor]:
-    """``engine`` wrapped in test-time augmentation ``tta`` (one of TTA_CHOICES)."""
-    if tta not in TTA_CHOICES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_CHOICES)}; got {tta!r}")
+    """``engine`` wrapped in test-time augmentation ``tta``, one of TTA_CHOICES (evaluate_checkpoint has
+    checked it before loading anything)."""
     if tta == "none":
         return engine
     return ViewAverage(engine, shift_pixels(image_size) if tta == "flip-shift" else 0)

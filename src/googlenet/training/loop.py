@@ -430,9 +430,9 @@ def _replan(
 ) -> str | None:
     """At an epoch end of a budgeted run, refit the rest of the schedule to the speed measured (training: this
     epoch's pace blended with the whole run's; validation: this epoch's): a shared machine is rarely as fast
-    over half an hour as in its first seconds. Every
-    process calls it at the same epoch ends (rank 0 alone knows the validation time); the new plan is in the
-    checkpoint written next, so a resumed run follows it. Returns the line to log when the plan changed."""
+    over half an hour as in its first seconds. Every process calls it at the same epoch ends (rank 0 alone
+    knows the validation time); the new plan is in the checkpoint written next, so a resumed run follows it.
+    Returns the line to log when the plan changed."""
     budget = run.plan.budget
     if budget is None or not run.cfg.train.replan or epoch_steps < REPLAN_MIN_STEPS:
         return None
