@@ -63,7 +63,7 @@ class ViewAverage(nn.Module):
 
 def shift_pixels(image_size: int) -> int:
     """The flip-shift views' shift: 1/32 of the side, 2 px at 64 (about one pixel of a 28-px Fashion-MNIST
-    image, half the 2-px crop padding its training used), 7 px at 224."""
+    image, half of training's `crop_padding = 2` with `augment = "flip-crop"`), 7 px at 224."""
     return max(1, round(image_size / 32))
 
 
