@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from googlenet.errors import GoogLeNetError
+from googlenet.evaluation.metrics import ViewAverage
 from googlenet.explain.run import open_split
 from googlenet.training.device import autocast
 
@@ -36,12 +37,13 @@ def head_probabilities(checkpoint: Path, split: str) -> tuple[dict[str, Tensor],
     if data.model.aux1 is None:
         raise GoogLeNetError(f"{checkpoint} has no auxiliary heads (trained with model.aux off)")
     model = data.model.to(memory_format=torch.channels_last)
+    flip = ViewAverage(model)  # only for its views: the image and its mirror image, as evaluate --tta flip
     per_head: dict[str, list[Tensor]] = {head: [] for head in HEADS}
     labels = []
     for x, y in data.batches.epoch(0):
         x = x.contiguous(memory_format=torch.channels_last)
         views = []
-        for view in (x, x.flip(-1)):
+        for view in flip.views(x):
             with autocast(torch.device("cpu"), "bf16"):
                 main, aux1, aux2 = model.forward_train(view)
             assert aux1 is not None and aux2 is not None
