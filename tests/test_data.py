@@ -13,9 +13,11 @@ from googlenet.training.data import (
     TensorBatches,
     build_data,
     ensure_fashion_mnist,
+    erasing_masks,
     eval_split,
     load_fashion_mnist,
     split_indices,
+    train_transform,
 )
 
 
@@ -49,10 +51,12 @@ def test_bundle_and_eval_splits(fashion_root: Path) -> None:
     assert eval_split(cfg, bundle.preprocessing, "val", seed=0).num_samples == 6_000
 
 
-def make_batches(augment: str = "flip-crop", n: int = 100) -> TensorBatches:
+def make_batches(augment: str = "flip-crop", n: int = 100, erase: float = 0.0) -> TensorBatches:
     images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     prep = Preprocessing(image_size=28, resize=28, in_channels=1, mean=[0.5], std=[0.25])
-    return TensorBatches(images, torch.arange(n), prep, 16, shuffle=True, augment=augment, crop_padding=2, seed=7)
+    return TensorBatches(
+        images, torch.arange(n), prep, 16, shuffle=True, augment=augment, crop_padding=2, erase=erase, seed=7
+    )
 
 
 def test_batches_are_reproducible_and_resume_mid_epoch() -> None:
@@ -85,6 +89,49 @@ def test_augmentation_flips_and_shifts_but_keeps_content() -> None:
             for dx in range(-2, 3)
         )
         assert found
+
+
+def test_erasing_masks_are_one_rectangle_of_the_papers_size() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = erasing_masks(2000, 28, 28, 0.5, g)
+    assert masks.shape == (2000, 1, 28, 28) and masks.dtype == torch.bool
+    erased = masks.flatten(1).any(1)
+    assert 0.45 < float(erased.float().mean()) < 0.55  # the chance
+    areas = masks.flatten(1).sum(1)[erased].float() / (28 * 28)
+    assert float(areas.min()) >= 0.015 and float(areas.max()) <= 0.34  # 2%-33%, give or take rounding
+    for mask in masks[erased][:50, 0]:  # one filled rectangle: its bounding box is all set
+        rows, cols = mask.nonzero(as_tuple=True)
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert bool(box.all()) and int(box.sum()) == int(mask.sum())
+    again = erasing_masks(2000, 28, 28, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+    assert not erasing_masks(64, 28, 28, 0.0, g).any()
+
+
+def test_erasing_keeps_the_flips_and_sets_the_mean_pixel() -> None:
+    plain = list(make_batches("flip-crop").epoch(0))
+    erased = list(make_batches("flip-crop", erase=1.0).epoch(0))
+    erased_again = list(make_batches("flip-crop", erase=1.0).epoch(0))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(erased, erased_again, strict=True))  # reproducible
+    for (x0, y0), (x1, y1) in zip(plain, erased, strict=True):
+        assert torch.equal(y0, y1)
+        changed = x0 != x1
+        assert bool(changed.flatten(1).any(1).all())  # every image lost a rectangle
+        assert bool((x1[changed] == 0).all())  # normalised, the mean pixel is 0
+    # Erasing alone, with no flips or shifts, leaves the rest of each image as it was.
+    x_plain, _ = next(make_batches("none").epoch(0))
+    x_erased, _ = next(make_batches("none", erase=1.0).epoch(0))
+    kept = x_plain == x_erased
+    assert bool((kept | (x_erased == 0)).all()) and not bool(kept.all())
+
+
+def test_folder_training_transform_erases_after_normalising() -> None:
+    prep = Preprocessing(image_size=32, resize=36, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    steps = train_transform(DataConfig(dataset="folder", augment="flip", erase=0.5), prep).transforms
+    assert type(steps[-1]).__name__ == "RandomErasing" and steps[-1].p == 0.5
+    assert type(steps[-2]).__name__ == "Normalize"
+    plain = train_transform(DataConfig(dataset="folder", augment="flip"), prep).transforms
+    assert not any(type(t).__name__ == "RandomErasing" for t in plain)
 
 
 def test_resize_to_a_larger_input() -> None:

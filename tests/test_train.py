@@ -71,13 +71,14 @@ def test_a_few_steps_lower_the_loss(fashion_root: Path) -> None:
 @pytest.fixture(scope="module")
 def finished_run(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    result = train(tiny_config(fashion_root), out, log=quiet)
+    # With random erasing, so that the bit-exact resume below also covers the erased rectangles.
+    result = train(tiny_config(fashion_root, "data.erase=0.5"), out, log=quiet)
     assert result.stopped == "finished" and result.step == 6
     return out
 
 
 def test_resume_after_n_steps_is_bit_identical(fashion_root: Path, finished_run: Path, tmp_path: Path) -> None:
-    stopped = train(tiny_config(fashion_root, "train.max_steps=4"), tmp_path, log=quiet)
+    stopped = train(tiny_config(fashion_root, "data.erase=0.5", "train.max_steps=4"), tmp_path, log=quiet)
     assert stopped.stopped == "max_steps" and stopped.step == 4
     last = tmp_path / "checkpoints" / "last.pt"
     payload = load_checkpoint(last)
@@ -156,6 +157,7 @@ def test_report(finished_run: Path) -> None:
     path = write_report(finished_run, explain=False)  # explain.md has its own tests (test_explain.py)
     text = path.read_text()
     assert "| 2 |" in text and "curves.png" in text and "onecycle" in text
+    assert "augmentation flip, random erasing 0.5" in text
     assert (finished_run / "curves.png").stat().st_size > 1000
 
 

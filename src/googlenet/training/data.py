@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import shutil
 import tempfile
@@ -222,6 +223,7 @@ class TensorBatches:
         shuffle: bool = False,
         augment: str = "none",
         crop_padding: int = 0,
+        erase: float = 0.0,
         seed: int = 0,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
@@ -233,6 +235,7 @@ class TensorBatches:
         self.shuffle = shuffle
         self.augment = augment
         self.crop_padding = crop_padding
+        self.erase = erase
         self.seed = seed
         self.num_samples = int(labels.shape[0])
         self._mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
@@ -250,7 +253,7 @@ class TensorBatches:
         for index in range(start_batch, len(self)):
             picked = order[index * self.batch_size : (index + 1) * self.batch_size]
             x = self.images[picked].float().div_(255)  # (B, C, H, W)
-            if self.augment != "none":
+            if self.augment != "none" or self.erase > 0:
                 x = self._augment(x, _generator(self.seed, epoch, index))
             # Every process draws the whole batch's augmentation, then keeps its share: together they
             # see exactly what one process would.
@@ -259,8 +262,9 @@ class TensorBatches:
 
     def _augment(self, x: Tensor, g: torch.Generator) -> Tensor:
         b, _, h, w = x.shape
-        flip = torch.rand(b, generator=g) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        if self.augment != "none":
+            flip = torch.rand(b, generator=g) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         p = self.crop_padding
         if self.augment == "flip-crop" and p > 0:
             padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
@@ -269,6 +273,8 @@ class TensorBatches:
             rows = (dy.view(-1, 1) + torch.arange(h)).view(b, h, 1)
             cols = (dx.view(-1, 1) + torch.arange(w)).view(b, 1, w)
             x = padded[torch.arange(b).view(b, 1, 1), rows, cols].permute(0, 3, 1, 2)
+        if self.erase > 0:  # drawn last, so that flips and shifts stay what they are without it
+            x = torch.where(erasing_masks(b, h, w, self.erase, g), self._mean, x)
         return x
 
     def _finish(self, x: Tensor) -> Tensor:
@@ -276,6 +282,26 @@ class TensorBatches:
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return ((x - self._mean) / self._std).contiguous()
+
+
+def erasing_masks(b: int, h: int, w: int, chance: float, g: torch.Generator) -> Tensor:
+    """(b, 1, h, w) boolean masks for random erasing, drawn for the whole batch at once: with probability
+    `chance` an image gets one rectangle of 2%-33% of its area with aspect ratio 0.3-3.3 (the paper's ranges;
+    torchvision's RandomErasing retries oversized draws where this clamps them to the image)."""
+    chosen = torch.rand(b, generator=g) < chance
+    area = torch.empty(b).uniform_(0.02, 0.33, generator=g) * (h * w)
+    aspect = torch.empty(b).uniform_(math.log(0.3), math.log(1 / 0.3), generator=g).exp()
+    eh = (area * aspect).sqrt().round().clamp(1, h).long()
+    ew = (area / aspect).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(b, generator=g) * (h - eh + 1)).long()
+    x0 = (torch.rand(b, generator=g) * (w - ew + 1)).long()
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    inside = (
+        (rows >= y0.view(b, 1, 1)) & (rows < (y0 + eh).view(b, 1, 1))
+        & (cols >= x0.view(b, 1, 1)) & (cols < (x0 + ew).view(b, 1, 1))
+    )  # fmt: skip
+    return (inside & chosen.view(b, 1, 1)).unsqueeze(1)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -310,6 +336,7 @@ def _fashion_mnist_bundle(
         shuffle=True,
         augment=cfg.augment if cfg.augment in ("none", "flip", "flip-crop") else "flip-crop",
         crop_padding=cfg.crop_padding,
+        erase=cfg.erase,
         seed=seed,
         shard=shard,
     )
@@ -394,7 +421,9 @@ def train_transform(cfg: DataConfig, prep: Preprocessing) -> transforms.Compose:
     else:
         steps = [transforms.Resize(prep.resize), transforms.CenterCrop(size)]
     flip = [transforms.RandomHorizontalFlip()] if cfg.augment != "none" else []
-    return transforms.Compose([*steps, *flip, transforms.ToTensor(), transforms.Normalize(prep.mean, prep.std)])
+    # After Normalize, erasing to 0 sets the rectangle to the mean pixel, as the in-memory batcher does.
+    erase = [transforms.RandomErasing(p=cfg.erase, value=0)] if cfg.erase > 0 else []
+    return transforms.Compose([*steps, *flip, transforms.ToTensor(), transforms.Normalize(prep.mean, prep.std), *erase])
 
 
 SYNSET_MAPPING = "LOC_synset_mapping.txt"

@@ -54,7 +54,8 @@ def _settings(run: Path) -> list[str]:
     return [
         "## Settings",
         "",
-        f"- data: {d['dataset']} at {d['image_size']} px, batch {d['batch_size']}, augmentation {d['augment']}",
+        f"- data: {d['dataset']} at {d['image_size']} px, batch {d['batch_size']}, augmentation {d['augment']}"
+        + (f", random erasing {d['erase']}" if d.get("erase") else ""),  # older runs have no erase key
         f"- model: `{m['name']}`, auxiliary heads {'on' if m['aux'] else 'off'} (loss weight {m['aux_weight']})",
         f"- optimizer: SGD lr {o['lr']}, momentum {o['momentum']} (Nesterov {o['nesterov']}), "
         f"weight decay {o['weight_decay']}, label smoothing {o['label_smoothing']}",
