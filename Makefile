@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_ROOT ?= data
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo test lint typecheck unit check-core benchmark-fashion-mnist benchmark-peer benchmark-speed benchmark-serve clean
+.PHONY: setup data demo test lint typecheck unit check-core benchmark-fashion-mnist benchmark-peer benchmark-cuda benchmark-speed benchmark-serve clean
 
 # The C++ training kernels (src/googlenet/kernels) build once per environment and source; without a compiler
 # this says so and training uses ATen.
@@ -81,6 +81,18 @@ benchmark-fashion-mnist: data
 # The peer on the same machine: torchvision's googlenet trained the obvious way (bench/peer_torchvision.py).
 benchmark-peer: data
 	$(BIN)/python bench/peer_torchvision.py --data $(DATA_ROOT) --seed $(SEED) --json runs/peer-seed$(SEED).json
+
+# On a GPU: the preset on CUDA in a GPU_MINUTES budget (the planner fits its schedule to the card), then
+# torchvision's googlenet, the obvious loop, on the same card (docs/results.md, "On a GPU").
+GPU_MINUTES ?= 3
+GPU_RUN := runs/cuda-$(PRESET)-seed$(SEED)
+benchmark-cuda: data
+	@started=$$(date +%s); \
+	$(BIN)/googlenet train --config configs/$(PRESET).toml --set train.seed=$(SEED) --set train.device=cuda \
+		--set train.max_minutes=$(GPU_MINUTES) --out $(GPU_RUN) && \
+	$(BIN)/googlenet evaluate $(GPU_RUN)/checkpoints/best.pt --split test --tta flip --backend torch --precision bf16 && \
+	echo "wall-clock, training to test evaluation: $$(( $$(date +%s) - started )) s" | tee $(GPU_RUN)/wallclock.txt
+	$(BIN)/python bench/peer_torchvision.py --data $(DATA_ROOT) --seed $(SEED) --device cuda --json runs/peer-cuda-seed$(SEED).json
 
 # The server under load (README, docs/guide.md): 1,000 requests from 16 clients, with and without dynamic batching.
 SERVE_CKPT ?= runs/$(PRESET)-seed$(SEED)/checkpoints/best.pt

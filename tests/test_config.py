@@ -42,6 +42,7 @@ def test_round_trip_through_a_checkpoint_dict() -> None:
         ("model.aux=maybe", "model.aux must be true or false"),
         ("model.name=resnet", "model.name must be one of bn, paper, small, torchvision"),
         ("schedule.name=linear", "schedule.name must be one of"),
+        ("train.compile_mode=cudagraphs", "train.compile_mode must be one of default, reduce-overhead, max-autotune"),
         ("lr", "must look like section.key=value"),
     ],
 )

@@ -125,6 +125,25 @@ def test_erasing_keeps_the_flips_and_sets_the_mean_pixel() -> None:
     assert bool((kept | (x_erased == 0)).all()) and not bool(kept.all())
 
 
+DEVICES = [
+    "meta",  # shapes only, but a tensor left on the CPU next to one on the device is an error there too
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_kept_on_a_device_are_cut_and_augmented_there(device: str) -> None:
+    on_cpu = list(make_batches("flip-crop", erase=0.5).epoch(2, start_batch=1))
+    moved = make_batches("flip-crop", erase=0.5).to(torch.device(device))
+    on_device = list(moved.epoch(2, start_batch=1))
+    assert len(on_device) == len(on_cpu) == 6
+    for (x, y), (x_cpu, y_cpu) in zip(on_device, on_cpu, strict=True):
+        assert x.device.type == y.device.type == device and x.shape == x_cpu.shape and y.shape == y_cpu.shape
+        if device != "meta":  # the same draws from the CPU's generator: the same batches
+            assert torch.equal(y.cpu(), y_cpu)
+            torch.testing.assert_close(x.cpu(), x_cpu)
+
+
 def test_folder_training_transform_erases_after_normalising() -> None:
     prep = Preprocessing(image_size=32, resize=36, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
     steps = train_transform(DataConfig(dataset="folder", augment="flip", erase=0.5), prep).transforms

@@ -17,7 +17,7 @@ from googlenet.training.config import Config, load_config
 from googlenet.training.data import build_data, load_fashion_mnist
 from googlenet.training.loop import TrainingDiverged, build_model, resume, train
 from googlenet.training.loss import training_loss
-from googlenet.training.optim import ema_with_warmup
+from googlenet.training.optim import WarmupEMA
 from googlenet.viz.report import write_report
 
 TINY = [
@@ -99,6 +99,30 @@ def test_resume_after_n_steps_is_bit_identical(fashion_root: Path, finished_run:
     assert [h["val_top1"] for h in a["history"]] == [h["val_top1"] for h in b["history"] if not h.get("partial")]
     # the resumed optimizer runs the kernel this device supports (fused SGD on CPU), not the checkpoint's
     assert {g["fused"] for g in b["optimizer"]["param_groups"]} == {True}
+
+
+def test_reading_the_loss_back_every_few_steps_changes_nothing(
+    fashion_root: Path, finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a GPU the loop reads the statistics back every few dozen steps; here, every 4 (steps 4 and 6 of 6).
+    monkeypatch.setattr("googlenet.training.loop.settle_interval", lambda device: 4)
+    result = train(tiny_config(fashion_root, "data.erase=0.5"), tmp_path, log=quiet)
+    a = load_checkpoint(finished_run / "checkpoints" / "last.pt")
+    b = load_checkpoint(result.last_checkpoint)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for every_step, lazily in zip(a["history"], b["history"], strict=True):
+        assert every_step["train_top1"] == lazily["train_top1"]
+        assert every_step["train_loss"] == pytest.approx(lazily["train_loss"], rel=1e-12)  # summed in another order
+
+
+def test_divergence_is_caught_when_the_loss_is_read_lazily(
+    fashion_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("googlenet.training.loop.settle_interval", lambda device: 4)
+    config = tiny_config(fashion_root, "optim.lr=1e5", "schedule.name=constant", "schedule.warmup_epochs=0")
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan by step [34] .*lower optim\.lr"):
+        train(config, tmp_path, log=quiet)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
 def test_run_folder_contents(finished_run: Path) -> None:
@@ -208,10 +232,8 @@ def test_evaluate_helper_counts(finished_run: Path, fashion_root: Path) -> None:
 
 
 def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
-    from torch.optim.swa_utils import AveragedModel
-
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
-    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.9), use_buffers=True)
+    ema = WarmupEMA(model, 0.9)
     ema.update_parameters(model)  # the first update copies
     expected = model[0].weight.detach().clone()
     for n in range(1, 5):
@@ -223,6 +245,9 @@ def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
         expected = expected * d + model[0].weight.detach() * (1 - d)
     torch.testing.assert_close(ema.module[0].weight, expected)
     assert int(ema.module[1].num_batches_tracked) == 4
+    assert int(ema.n_averaged) == 5 and ema.n_averaged.device.type == "cpu"  # read at every step without a sync
+    # BatchNorm's running statistics are averaged like the weights, not copied.
+    assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)
 
 
 def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:

@@ -85,11 +85,12 @@ def predict_logits(
     precision: str,
     channels_last: bool,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (float32 logits on CPU, labels) batch by batch. A module runs in eval mode under ``precision``;
-    any other callable (an inference engine) is given the batch as it is."""
+    """Yield (float32 logits, labels), both on the CPU, batch by batch (batches kept on a GPU bring their
+    labels from there). A module runs in eval mode under ``precision``; any other callable (an inference
+    engine) is given the batch as it is."""
     if not isinstance(model, nn.Module):
         for x, y in batches:
-            yield model(x).float().cpu(), y
+            yield model(x).float().cpu(), y.cpu()
         return
     was_training = model.training
     model.eval()
@@ -98,7 +99,7 @@ def predict_logits(
             x, _ = to_device(x, y, device, channels_last)
             with autocast(device, precision):
                 logits = model(x)
-            yield logits.float().cpu(), y
+            yield logits.float().cpu(), y.cpu()
     finally:
         model.train(was_training)
 

@@ -88,6 +88,9 @@ class TrainConfig:
     precision: str = "bf16"  # "fp32" or "bf16" (autocast on CPU, AMP on CUDA)
     channels_last: bool = True
     compile: bool = False
+    # torch.compile's mode when train.compile is on: "reduce-overhead" also records the step in CUDA graphs
+    # (on a GPU a batch-128 step is short enough for kernel launches to rule it); the CPU ignores the graphs.
+    compile_mode: str = "default"
     speedups: bool = True  # exact module swaps for a faster step (googlenet.speedups); false: the plain model
     ema_decay: float = 0.999  # exponential moving average of the weights; 0 = off
     device: str = "auto"  # "auto", "cpu", "cuda"
@@ -117,6 +120,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule.name": ("paper", "step", "cosine", "onecycle", "constant"),
     "train.precision": ("fp32", "bf16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 # (low, high, low inclusive): the range each numeric key must fall in.
 RANGES: dict[str, tuple[float, float, bool]] = {

@@ -211,7 +211,9 @@ def load_fashion_mnist(root: str | Path, train: bool, allow_download: bool = Tru
 class TensorBatches:
     """An in-memory split of uint8 images (N, H, W) batched with tensor ops: shuffling, flips and padded
     random crops cost next to nothing beside the network, and every batch is reproducible from
-    (seed, epoch, index), which makes resuming mid-epoch exact."""
+    (seed, epoch, index), which makes resuming mid-epoch exact. `to` moves the images to a GPU, where the
+    batches are then cut, augmented and normalised: the random draws stay on the CPU's generator (the same
+    batches on any device) and travel as a few small asynchronous copies."""
 
     def __init__(
         self,
@@ -244,12 +246,23 @@ class TensorBatches:
     def __len__(self) -> int:
         return (self.num_samples + self.batch_size - 1) // self.batch_size
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device) -> TensorBatches:
+        """Keep the split on ``device`` (60,000 Fashion-MNIST images are 47 MB as uint8); returns self."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        self._mean, self._std = self._mean.to(device), self._std.to(device)
+        return self
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         order = (
             torch.randperm(self.num_samples, generator=_generator(self.seed, epoch))
             if self.shuffle
             else torch.arange(self.num_samples)
         )
+        order = _on(order, self.device)
         for index in range(start_batch, len(self)):
             picked = order[index * self.batch_size : (index + 1) * self.batch_size]
             x = self.images[picked].float().div_(255)  # (B, C, H, W)
@@ -262,19 +275,20 @@ class TensorBatches:
 
     def _augment(self, x: Tensor, g: torch.Generator) -> Tensor:
         b, _, h, w = x.shape
+        device = x.device
         if self.augment != "none":
-            flip = torch.rand(b, generator=g) < 0.5
+            flip = _on(torch.rand(b, generator=g) < 0.5, device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         p = self.crop_padding
         if self.augment == "flip-crop" and p > 0:
             padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
-            dy = torch.randint(0, 2 * p + 1, (b,), generator=g)
-            dx = torch.randint(0, 2 * p + 1, (b,), generator=g)
-            rows = (dy.view(-1, 1) + torch.arange(h)).view(b, h, 1)
-            cols = (dx.view(-1, 1) + torch.arange(w)).view(b, 1, w)
-            x = padded[torch.arange(b).view(b, 1, 1), rows, cols].permute(0, 3, 1, 2)
+            dy = _on(torch.randint(0, 2 * p + 1, (b,), generator=g), device)
+            dx = _on(torch.randint(0, 2 * p + 1, (b,), generator=g), device)
+            rows = (dy.view(-1, 1) + torch.arange(h, device=device)).view(b, h, 1)
+            cols = (dx.view(-1, 1) + torch.arange(w, device=device)).view(b, 1, w)
+            x = padded[torch.arange(b, device=device).view(b, 1, 1), rows, cols].permute(0, 3, 1, 2)
         if self.erase > 0:  # drawn last, so that flips and shifts stay what they are without it
-            x = torch.where(erasing_masks(b, h, w, self.erase, g), self._mean, x)
+            x = torch.where(erasing_masks(b, h, w, self.erase, g, device), self._mean, x)
         return x
 
     def _finish(self, x: Tensor) -> Tensor:
@@ -284,10 +298,13 @@ class TensorBatches:
         return ((x - self._mean) / self._std).contiguous()
 
 
-def erasing_masks(b: int, h: int, w: int, chance: float, g: torch.Generator) -> Tensor:
-    """(b, 1, h, w) boolean masks for random erasing, drawn for the whole batch at once: with probability
-    `chance` an image gets one rectangle of 2%-33% of its area with aspect ratio 0.3-3.3 (the paper's ranges;
-    torchvision's RandomErasing retries oversized draws where this clamps them to the image)."""
+def erasing_masks(
+    b: int, h: int, w: int, chance: float, g: torch.Generator, device: torch.device | None = None
+) -> Tensor:
+    """(b, 1, h, w) boolean masks on ``device`` (default: the CPU) for random erasing, drawn for the whole
+    batch at once from ``g``: with probability `chance` an image gets one rectangle of 2%-33% of its area
+    with aspect ratio 0.3-3.3 (the paper's ranges; torchvision's RandomErasing retries oversized draws where
+    this clamps them to the image)."""
     chosen = torch.rand(b, generator=g) < chance
     area = torch.empty(b).uniform_(0.02, 0.33, generator=g) * (h * w)
     aspect = torch.empty(b).uniform_(math.log(0.3), math.log(1 / 0.3), generator=g).exp()
@@ -295,13 +312,30 @@ def erasing_masks(b: int, h: int, w: int, chance: float, g: torch.Generator) -> 
     ew = (area / aspect).sqrt().round().clamp(1, w).long()
     y0 = (torch.rand(b, generator=g) * (h - eh + 1)).long()
     x0 = (torch.rand(b, generator=g) * (w - ew + 1)).long()
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
+    # The per-image draws go to the device as one small copy; the (b, h, w) masks are built there.
+    chosen, eh, ew, y0, x0 = _on(torch.stack([chosen.long(), eh, ew, y0, x0]), device).unbind()
+    rows = torch.arange(h, device=device).view(1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w)
     inside = (
         (rows >= y0.view(b, 1, 1)) & (rows < (y0 + eh).view(b, 1, 1))
         & (cols >= x0.view(b, 1, 1)) & (cols < (x0 + ew).view(b, 1, 1))
     )  # fmt: skip
-    return (inside & chosen.view(b, 1, 1)).unsqueeze(1)
+    return (inside & chosen.bool().view(b, 1, 1)).unsqueeze(1)
+
+
+def _on(tensor: Tensor, device: torch.device | None) -> Tensor:
+    """A CPU tensor on ``device``, copied without waiting for the GPU (the copy is staged at once, so the
+    source may be freed; a blocking copy would wait for all queued work)."""
+    return tensor if device is None or tensor.device == device else tensor.to(device, non_blocking=True)
+
+
+def keep_on_device(data: DataBundle, device: torch.device) -> DataBundle:
+    """Move the in-memory splits to ``device``, so that batches are cut and augmented there; image folders
+    stream from disk through their loaders and stay as they are."""
+    for split in (data.train, data.val):
+        if isinstance(split, TensorBatches):
+            split.to(device)
+    return data
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:

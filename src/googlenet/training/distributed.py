@@ -39,9 +39,10 @@ def from_environment() -> DistInfo:
 
 
 def initialise(info: DistInfo, device_type: str) -> None:
-    """Join the process group: NCCL between GPUs, gloo on CPUs."""
+    """Join the process group: NCCL between GPUs, gloo on CPUs. GPU processes also get gloo for CPU tensors:
+    the stop flag and the timings are agreed on as CPU values, which need no wait for the GPU."""
     if info.enabled and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
 
 
 def shutdown(info: DistInfo) -> None:

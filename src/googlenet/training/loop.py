@@ -53,7 +53,14 @@ from googlenet.training.budget import (
 )
 from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
 from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
-from googlenet.training.data import Batches, DataBundle, Preprocessing, build_data, test_split_size
+from googlenet.training.data import (
+    Batches,
+    DataBundle,
+    Preprocessing,
+    build_data,
+    keep_on_device,
+    test_split_size,
+)
 from googlenet.training.device import autocast, resolve_device, to_device
 from googlenet.training.distributed import (
     DistInfo,
@@ -199,6 +206,7 @@ class Run:
     plan: Plan
     log: Log
     pace: TrainingPace = field(default_factory=TrainingPace)  # the epochs timed so far, for the re-plans
+    settle_every: int = 1  # optimizer steps between reads of the loss from the device (see `settle_interval`)
 
     @property
     def last_path(self) -> Path:
@@ -298,6 +306,8 @@ def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | Non
         norm=(init_prep.mean, init_prep.std) if init_prep else None,
         shard=(dist.rank, dist.world_size),
     )
+    if device.type == "cuda":
+        keep_on_device(data, device)  # batches cut and augmented on the GPU: nothing to copy per step
     model = build_model(cfg, len(data.class_names), data.preprocessing.in_channels)
     if init is not None:
         log(initialise_from(model, init, cfg.model.init))
@@ -328,7 +338,7 @@ def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | Non
         )
         torch.manual_seed(cfg.train.seed + dist.rank)  # different dropout masks on each process
     # Compiling the loss function traces forward_train and both auxiliary heads with it.
-    loss_fn: LossFn = torch.compile(training_loss) if cfg.train.compile else training_loss
+    loss_fn: LossFn = torch.compile(training_loss, mode=cfg.train.compile_mode) if cfg.train.compile else training_loss
     return Run(
         cfg=cfg,
         out=out,
@@ -342,7 +352,19 @@ def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | Non
         ema=build_ema(model, cfg.train.ema_decay),
         plan=_plan(cfg, len(data.train)),
         log=log,
+        settle_every=settle_interval(device),
     )
+
+
+# On a GPU every read of a value (the loss, to log it or to check it is finite) waits for all the work queued
+# before it, and a batch-128 step is short enough that this waiting would rule the step time: the loop reads
+# the running statistics back every this many optimizer steps. On the CPU nothing is queued: every step.
+GPU_SETTLE_STEPS = 25
+
+
+def settle_interval(device: torch.device) -> int:
+    """Optimizer steps between reads of the training statistics from ``device``."""
+    return GPU_SETTLE_STEPS if device.type == "cuda" else 1
 
 
 def _plan(cfg: Config, batches_per_epoch: int) -> Plan:
@@ -556,7 +578,7 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
         while stopped == "finished" and state.epoch < plan.epochs and state.step < plan.total_steps:
             epoch_started, epoch_first_step = clock.elapsed(), state.step
             stats = EpochStats()
-            logged = dataclasses.replace(stats)  # the window since the last steps.jsonl row
+            logged = stats.snapshot()  # the window since the last steps.jsonl row
             reason: str | None = None
             _training_mode(run)
             bar.start(state.epoch, plan.epochs, plan.batches_per_epoch, state.batch)
@@ -565,16 +587,19 @@ def _fit(run: Run, state: RunState, clock: Clock, progress: bool) -> TrainResult
                 bar.batch_done()
                 if not stepped:
                     continue
-                bar.show(stats, run.learning_rate(state.step - 1))
+                if state.step % run.settle_every == 0:
+                    bar.show(stats, run.learning_rate(state.step - 1))
                 if cfg.train.log_every_steps and state.step % cfg.train.log_every_steps == 0:
+                    _timed_settle(run, state, stats, clock)  # no-op where this step already settled
                     _log_steps(run, state, stats.since(logged), clock, writer)
-                    logged = dataclasses.replace(stats)
+                    logged = stats.snapshot()
                 reason = _stop_reason(run, state, clock, signals)
                 if reason:
                     break
                 if cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
                     _save_last(run, state, clock)
             bar.close()
+            _timed_settle(run, state, stats, clock)  # the epoch's last steps, read back
             # Stopped inside the epoch: keep the exact position. (A stream that simply ran short ends its epoch.)
             partial = reason is not None and state.batch < plan.batches_per_epoch
             timed = (clock.elapsed() - epoch_started, state.step - epoch_first_step)
@@ -621,22 +646,39 @@ def _train_batch(run: Run, state: RunState, x: Tensor, y: Tensor, stats: EpochSt
             loss, logits = run.loss_fn(
                 run.forward, x, y, aux_weight=cfg.model.aux_weight, label_smoothing=cfg.optim.label_smoothing
             )
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the loss became {value} at step {state.step} (lr {lr:.4g}); the last good checkpoint "
-                "is kept: lower optim.lr or set optim.grad_clip"
-            )
         if first:
             run.optimizer.zero_grad(set_to_none=True)
         (loss / group_size).backward()  # type: ignore[no-untyped-call]
     state.batch += 1
-    stats.add(value, logits, y, clock.elapsed() - started)
+    stats.add(loss, logits, y)
+    # Read back (and check) before the optimizer step, so that a diverged loss never reaches the weights
+    # where the loss is read at every step; on a GPU the read's wait then counts in the batch's time.
+    if run.settle_every == 1 or (last and (state.step + 1) % run.settle_every == 0):
+        _settle(run, state, stats)
+    stats.seconds += clock.elapsed() - started
     if not last:
         return False
     _optimizer_step(run)
     state.step += 1
     return True
+
+
+def _settle(run: Run, state: RunState, stats: EpochStats) -> None:
+    """Read the running statistics back from the device and stop if the loss is no longer finite."""
+    stats.settle()
+    if not math.isfinite(stats.loss_sum):
+        raise TrainingDiverged(
+            f"the loss became {stats.loss_sum / max(stats.seen, 1)} by step {state.step} "
+            f"(lr {run.learning_rate(state.step):.4g}); the last good checkpoint is kept: lower optim.lr "
+            "or set optim.grad_clip"
+        )
+
+
+def _timed_settle(run: Run, state: RunState, stats: EpochStats, clock: Clock) -> None:
+    """`_settle` outside a batch, its wait for the GPU counted in the batches' time."""
+    started = clock.elapsed()
+    _settle(run, state, stats)
+    stats.seconds += clock.elapsed() - started
 
 
 def _optimizer_step(run: Run) -> None:

@@ -8,11 +8,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from googlenet.model import GoogLeNet
@@ -60,31 +59,46 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group["lr_mult"]
 
 
-TensorList = tuple[Tensor, ...] | list[Tensor]
+def ema_decay(decay: float, updates: int) -> float:
+    """The EMA's decay after ``updates`` earlier updates: it ramps up as (1 + n) / (10 + n), so that early
+    averages are not dominated by the random initialisation."""
+    return min(decay, (1 + updates) / (10 + updates))
 
 
-def ema_with_warmup(decay: float) -> Callable[[TensorList, TensorList, Tensor | int], None]:
-    """EMA whose decay ramps up as (1 + n) / (10 + n): early averages are not dominated by the random init.
-    Updates all tensors of one device and dtype at once (foreach), reading the step count once: a per-tensor
-    update would cost hundreds of kernel launches and GPU synchronisations per step. Integer buffers (the
-    BatchNorm batch counters) are copied."""
+class WarmupEMA(AveragedModel):
+    """An exponential moving average of the parameters and BatchNorm statistics (an AveragedModel, so its
+    state dict and ``n_averaged`` are torch's), updated with no GPU synchronisation: the update count is read
+    from the CPU copy that AveragedModel keeps, and all floating-point tensors are updated at once
+    (foreach). torch's own update_parameters would hand the count to the averaging function as a device
+    tensor, and reading it there waits for the GPU at every step. Integer buffers (the BatchNorm batch
+    counters) are copied."""
 
-    def average(averaged: TensorList, current: TensorList, num_averaged: Tensor | int) -> None:
-        if not averaged[0].is_floating_point():
-            torch._foreach_copy_(averaged, current)
-            return
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(averaged, current, 1 - d)  # averaged + (1 - d)(current - averaged)
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
 
-    return average
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        updates = int(self.n_averaged)  # a CPU tensor: no synchronisation
+        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
+        if others:
+            torch._foreach_copy_([averaged[i] for i in others], [current[i] for i in others])
+        if updates == 0:  # the first update copies
+            torch._foreach_copy_([averaged[i] for i in floats], [current[i] for i in floats])
+        else:  # averaged + (1 - d)(current - averaged)
+            weight = 1 - ema_decay(self.decay, updates)
+            torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], weight)
+        self.n_averaged += 1
 
 
-def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+def build_ema(model: nn.Module, decay: float) -> WarmupEMA | None:
     """The weight average, over parameters and BatchNorm statistics alike; None when ``decay`` is 0."""
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
+    return WarmupEMA(model, decay)
 
 
 def initialise_from(model: GoogLeNet, payload: dict[str, Any], source: str) -> str:

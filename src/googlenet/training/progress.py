@@ -5,7 +5,7 @@ Kept apart from the data: the batches are a plain iterator, and the loop tells t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
@@ -14,22 +14,41 @@ from tqdm import tqdm
 
 @dataclass
 class EpochStats:
-    """Running training loss, accuracy and speed over the batches of one epoch."""
+    """Running training loss, accuracy and speed over the batches of one epoch. `add` keeps the new batches'
+    sums on their device and `settle` reads them back: on a GPU, reading a value waits for all the work
+    queued before it, so the loop settles only every few dozen steps (on the CPU, at every batch)."""
 
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
     seconds: float = 0.0  # time in the forward and backward passes, not in reading data
+    _pending: list[Tensor] = field(default_factory=list, repr=False)  # [loss sum, correct] not yet read
+    _pending_seen: int = 0
 
-    def add(self, loss: float, logits: Tensor, y: Tensor, seconds: float) -> None:
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        """One batch's mean loss and logits; its time is added to ``seconds`` by the caller."""
         batch = int(y.numel())
-        self.loss_sum += loss * batch
-        self.correct += int((logits.argmax(1) == y).sum())
-        self.seen += batch
-        self.seconds += seconds
+        sums = [loss.detach().double() * batch, (logits.detach().argmax(1) == y).sum()]
+        self._pending = sums if not self._pending else [a + b for a, b in zip(self._pending, sums, strict=True)]
+        self._pending_seen += batch
+
+    def settle(self) -> None:
+        """Fold the batches added since the last settle into the totals (one read from the device)."""
+        if self._pending:
+            loss_sum, correct = self._pending
+            self.loss_sum += float(loss_sum)
+            self.correct += int(correct)
+            self.seen += self._pending_seen
+            self._pending, self._pending_seen = [], 0
+
+    def snapshot(self) -> EpochStats:
+        """A settled copy, to subtract from later with `since`."""
+        self.settle()
+        return EpochStats(self.loss_sum, self.correct, self.seen, self.seconds)
 
     def since(self, earlier: EpochStats) -> EpochStats:
-        """The batches added after ``earlier`` (a copy of this object taken then): a window of the epoch."""
+        """The batches added after ``earlier`` (a snapshot taken then): a window of the epoch."""
+        self.settle()
         return EpochStats(
             self.loss_sum - earlier.loss_sum,
             self.correct - earlier.correct,
@@ -38,6 +57,7 @@ class EpochStats:
         )
 
     def as_dict(self) -> dict[str, float]:
+        self.settle()
         return {
             "train_loss": self.loss_sum / max(self.seen, 1),
             "train_top1": self.correct / max(self.seen, 1),
