@@ -17,7 +17,7 @@ from googlenet.training.config import Config, load_config
 from googlenet.training.data import build_data, load_fashion_mnist
 from googlenet.training.loop import TrainingDiverged, build_model, resume, train
 from googlenet.training.loss import training_loss
-from googlenet.training.optim import WarmupEMA
+from googlenet.training.optim import Lookahead, WarmupEMA
 from googlenet.viz.report import write_report
 
 TINY = [
@@ -248,6 +248,41 @@ def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
     assert int(ema.n_averaged) == 5 and ema.n_averaged.device.type == "cpu"  # read at every step without a sync
     # BatchNorm's running statistics are averaged like the weights, not copied.
     assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)
+
+
+def test_lookahead_pulls_the_weights_back_every_k_steps() -> None:
+    model = torch.nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    lookahead = Lookahead(model, steps=2, alpha=0.25)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    fast, after = [], []
+    for step in (1, 2):
+        model(torch.randn(4, 3)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        fast.append(model.weight.detach().clone())
+        lookahead.after_step(step)
+        after.append(model.weight.detach().clone())
+    assert torch.equal(after[0], fast[0]) and not torch.equal(fast[0], start)  # step 1: SGD alone
+    expected = start + 0.25 * (fast[1] - start)  # step 2: a quarter of the way from the start
+    torch.testing.assert_close(model.weight, expected)
+    torch.testing.assert_close(lookahead.slow[0], expected)
+
+
+def test_resume_with_lookahead_is_bit_identical(fashion_root: Path, tmp_path: Path) -> None:
+    settings = ("optim.lookahead_steps=3", "optim.lookahead_alpha=0.5")
+    whole = train(tiny_config(fashion_root, *settings), tmp_path / "whole", log=quiet)
+    stopped = train(tiny_config(fashion_root, *settings, "train.max_steps=4"), tmp_path / "split", log=quiet)
+    assert stopped.step == 4 and load_checkpoint(stopped.last_checkpoint)["lookahead"] is not None
+    resumed = resume(tmp_path / "split", ["train.max_steps=0"], log=quiet)
+    assert whole.step == resumed.step == 6
+    a, b = load_checkpoint(whole.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    for key in ("state_dict", "ema_state_dict"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    assert whole.best_checkpoint is not None
+    assert "lookahead" not in load_checkpoint(whole.best_checkpoint)  # what only a resumed run needs
+    assert "lookahead every 3 steps (alpha 0.5)" in write_report(tmp_path / "whole", explain=False).read_text()
 
 
 def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:

@@ -62,6 +62,10 @@ class OptimConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     backbone_lr_mult: float = 1.0  # discriminative fine-tuning: the features' lr is lr x this
+    # Lookahead (Zhang et al., 2019): every this many steps the weights move lookahead_alpha of the way from
+    # where they were then to where SGD took them, and SGD restarts from there; 0 = off.
+    lookahead_steps: int = 0
+    lookahead_alpha: float = 0.5
 
 
 @dataclass
@@ -143,6 +147,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "optim.label_smoothing": (0, 1, True),
     "optim.grad_clip": (0, math.inf, True),
     "optim.backbone_lr_mult": (0, 100, True),
+    "optim.lookahead_steps": (0, 100000, True),
+    "optim.lookahead_alpha": (0, 1, False),
     "schedule.warmup_epochs": (0, 1000, True),
     "schedule.step_epochs": (0, 1000, False),
     "schedule.gamma": (0, 1, False),

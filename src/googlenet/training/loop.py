@@ -73,7 +73,9 @@ from googlenet.training.distributed import (
 )
 from googlenet.training.loss import TrainForward, training_loss
 from googlenet.training.optim import (
+    Lookahead,
     build_ema,
+    build_lookahead,
     build_optimizer,
     freeze_features,
     initialise_from,
@@ -203,6 +205,7 @@ class Run:
     loss_fn: LossFn
     optimizer: torch.optim.Optimizer
     ema: AveragedModel | None
+    lookahead: Lookahead | None
     plan: Plan
     log: Log
     pace: TrainingPace = field(default_factory=TrainingPace)  # the epochs timed so far, for the re-plans
@@ -350,6 +353,7 @@ def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | Non
         loss_fn=loss_fn,
         optimizer=build_optimizer(model, cfg, device),
         ema=build_ema(model, cfg.train.ema_decay),
+        lookahead=build_lookahead(model, cfg),
         plan=_plan(cfg, len(data.train)),
         log=log,
         settle_every=settle_interval(device),
@@ -506,6 +510,7 @@ def _time_steps(run: Run) -> tuple[dict[int, float], float]:
         forward=TrainForward(model, _trains_aux_heads(run.cfg, model)),
         optimizer=build_optimizer(model, run.cfg, run.device),
         ema=build_ema(model, run.cfg.train.ema_decay),
+        lookahead=build_lookahead(model, run.cfg),
         log=_silent,
     )
     # The full size first: the smaller ones then reuse its allocations, as they will in the run.
@@ -658,8 +663,8 @@ def _train_batch(run: Run, state: RunState, x: Tensor, y: Tensor, stats: EpochSt
     stats.seconds += clock.elapsed() - started
     if not last:
         return False
-    _optimizer_step(run)
     state.step += 1
+    _optimizer_step(run, state.step)
     return True
 
 
@@ -681,10 +686,13 @@ def _timed_settle(run: Run, state: RunState, stats: EpochStats, clock: Clock) ->
     stats.seconds += clock.elapsed() - started
 
 
-def _optimizer_step(run: Run) -> None:
+def _optimizer_step(run: Run, step: int) -> None:
+    """Optimizer step number ``step`` (from 1), then the lookahead and the weight average."""
     if run.cfg.optim.grad_clip > 0:
         nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip)
     run.optimizer.step()
+    if run.lookahead is not None:
+        run.lookahead.after_step(step)
     if run.ema is not None:
         run.ema.update_parameters(run.model)
 
@@ -798,7 +806,7 @@ def _end_epoch(
     payload = _payload(run, state, weights=weights)
     save_checkpoint(run.last_path, payload)
     if improved:
-        save_checkpoint(run.best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "rng")})
+        save_checkpoint(run.best_path, {k: v for k, v in payload.items() if k not in TRAINING_STATE})
     barrier(run.dist)
 
 
@@ -864,6 +872,10 @@ def _save_last(run: Run, state: RunState, clock: Clock) -> None:
         save_checkpoint(run.last_path, _payload(run, state, weights="model"))
 
 
+# What only a resumed run needs: best.pt leaves it out.
+TRAINING_STATE = ("optimizer", "lookahead", "rng")
+
+
 def _payload(run: Run, state: RunState, *, weights: str) -> dict[str, Any]:
     model, ema = run.model, run.ema
     payload: dict[str, Any] = {
@@ -882,6 +894,7 @@ def _payload(run: Run, state: RunState, *, weights: str) -> dict[str, Any]:
         "steps_log": state.steps_log,
         "plan": run.plan.budget.to_dict() if run.plan.budget else None,
         "optimizer": run.optimizer.state_dict(),
+        "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
         "rng": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -895,6 +908,8 @@ def _restore(payload: dict[str, Any], run: Run) -> RunState:
     run.optimizer.load_state_dict(payload["optimizer"])
     for group, flag in zip(run.optimizer.param_groups, fused, strict=True):
         group["fused"] = flag  # the kernel this device supports, not the one the checkpoint's machine used
+    if run.lookahead is not None and payload.get("lookahead") is not None:
+        run.lookahead.load_state_dict(payload["lookahead"])
     if run.ema is not None and payload.get("ema_state_dict") is not None:
         run.ema.module.load_state_dict(payload["ema_state_dict"])
         run.ema.n_averaged.fill_(int(payload["ema_n_averaged"]))

@@ -58,11 +58,16 @@ def _settings(run: Path) -> list[str]:
         + (f", random erasing {d['erase']}" if d.get("erase") else ""),  # older runs have no erase key
         f"- model: `{m['name']}`, auxiliary heads {'on' if m['aux'] else 'off'} (loss weight {m['aux_weight']})",
         f"- optimizer: SGD lr {o['lr']}, momentum {o['momentum']} (Nesterov {o['nesterov']}), "
-        f"weight decay {o['weight_decay']}, label smoothing {o['label_smoothing']}",
+        f"weight decay {o['weight_decay']}, label smoothing {o['label_smoothing']}" + _lookahead_text(o),
         f"- schedule: {s['name']}, warm-up {s['warmup_epochs']} epochs; {length}, "
         f"{t['precision']}, EMA decay {t['ema_decay']}",
         "",
     ]
+
+
+def _lookahead_text(optim: dict[str, Any]) -> str:
+    steps = optim.get("lookahead_steps", 0)  # older runs have no lookahead keys
+    return f", lookahead every {steps} steps (alpha {optim['lookahead_alpha']})" if steps else ""
 
 
 def _evaluations(run: Path) -> list[str]:
