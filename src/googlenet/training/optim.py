@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from googlenet.model import GoogLeNet
@@ -107,7 +107,7 @@ class Lookahead:
     own state (momentum) is left as it is, as in the paper's default."""
 
     def __init__(self, model: nn.Module, steps: int, alpha: float) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
         self.slow = [p.detach().clone() for p in self.params]
         self.steps, self.alpha = steps, alpha
 
