@@ -204,7 +204,7 @@ class SlowMachine:
         elapsed, step, validate = loop.Clock.elapsed, loop._optimizer_step, loop._validate
         monkeypatch.setattr(loop, "_measure", lambda run: ({run.cfg.data.image_size: 2.0}, 1 / 600))
         monkeypatch.setattr(loop.Clock, "elapsed", lambda clock: elapsed(clock) + self.extra)
-        monkeypatch.setattr(loop, "_optimizer_step", lambda run: (step(run), self.wait(4.0)))
+        monkeypatch.setattr(loop, "_optimizer_step", lambda run, number: (step(run, number), self.wait(4.0)))
         monkeypatch.setattr(loop, "_validate", lambda run: (self.wait(1.0), validate(run))[1])
 
     def wait(self, seconds: float) -> None:
