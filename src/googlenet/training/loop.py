@@ -209,7 +209,6 @@ class Run:
     plan: Plan
     log: Log
     pace: TrainingPace = field(default_factory=TrainingPace)  # the epochs timed so far, for the re-plans
-    settle_every: int = 1  # optimizer steps between reads of the loss from the device (see `settle_interval`)
 
     @property
     def last_path(self) -> Path:
@@ -222,6 +221,11 @@ class Run:
     @property
     def anchor(self) -> tuple[int, float]:
         return self.plan.budget.anchor if self.plan.budget is not None else (0, 0.0)
+
+    @property
+    def settle_every(self) -> int:
+        """Optimizer steps between reads of the training statistics from the device (`settle_interval`)."""
+        return settle_interval(self.device)
 
     @property
     def warmup_steps(self) -> float:
@@ -356,7 +360,6 @@ def _build(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | Non
         lookahead=build_lookahead(model, cfg),
         plan=_plan(cfg, len(data.train)),
         log=log,
-        settle_every=settle_interval(device),
     )
 
 
