@@ -13,8 +13,8 @@ DEMO_OUT ?= runs/demo
 setup: $(STAMP)
 	@$(BIN)/python -m googlenet.kernels build --quiet
 
-# pyproject.toml gives ranges; constraints.txt pins every version set-up installs (torch and torchvision among
-# them: pip takes those from the local disk where they lie). The dev environment has every extra.
+# pyproject.toml gives lower bounds; constraints.txt pins every version set-up installs, torch and torchvision
+# among them. The dev environment has every extra.
 CONSTRAINTS := constraints.txt
 # torch's x86_64 build brings CUDA libraries: a new environment takes about 6.5 GB, so say so before pip runs out of room.
 NEED_KB := 7000000
@@ -51,6 +51,7 @@ demo: data
 lint: setup
 	$(BIN)/ruff check src tests hubconf.py
 	$(BIN)/ruff format --check src tests hubconf.py
+	$(BIN)/lint-imports --no-cache
 
 typecheck: setup
 	$(BIN)/mypy

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from googlenet.errors import GoogLeNetError
-from googlenet.evaluation.metrics import ViewAverage
 from googlenet.explain.run import open_split
-from googlenet.training.device import autocast
+from googlenet.run.device import autocast
+from googlenet.run.metrics import ViewAverage
 
 HEADS = ("main", "aux2", "aux1")
 # (main, aux2, aux1) weights of the averaged probabilities; (1, 0, 0) is the main head alone.

@@ -21,7 +21,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root with the real Fashion-MNIST prepared (from Debian's package or a local copy)."""
-    from googlenet.training.data import DEBIAN_FASHION_MNIST, DataError, ensure_fashion_mnist
+    from googlenet.data import DEBIAN_FASHION_MNIST, DataError, ensure_fashion_mnist
 
     root = tmp_path_factory.mktemp("fashion")
     local = Path(__file__).resolve().parents[1] / "data"

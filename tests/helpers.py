@@ -5,9 +5,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from googlenet.config import Config
 from googlenet.model import create_model
-from googlenet.training.checkpoint import save_checkpoint
-from googlenet.training.config import Config
+from googlenet.run.checkpoint import save_checkpoint
 
 
 def make_checkpoint(path: Path, **changes: object) -> Path:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from googlenet import create_model
-from googlenet.deploy.engines import (
+from googlenet.engines import (
     AUTO_MIN_IMAGES,
     BackendError,
     build_engine,

@@ -12,7 +12,7 @@ import torch
 
 from googlenet import kernels
 from googlenet.cli import main
-from googlenet.training.config import Config
+from googlenet.config import Config
 from helpers import make_checkpoint, make_folder
 
 
@@ -71,7 +71,7 @@ def test_agreement_on_a_checkpoints_test_split(tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path / "c.pt", config=config.to_dict())
     # In its own process, for the same reason as above: OpenVINO's native threads crashed a later test.
     code = (
-        "import json, sys; from googlenet.deploy.engines import installed_backends; "
+        "import json, sys; from googlenet.engines import installed_backends; "
         "from googlenet.benchmark import agreement_on_test; "
         "print(json.dumps([a.__dict__ for a in agreement_on_test(sys.argv[1], installed_backends(), print)]))"
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from googlenet.cli import main
+from googlenet.config import Config, load_config
+from googlenet.run.checkpoint import load_checkpoint
 from googlenet.training import loop
 from googlenet.training.budget import (
     SAFETY_SHARE,
@@ -20,8 +22,6 @@ from googlenet.training.budget import (
     replan,
     seconds_for,
 )
-from googlenet.training.checkpoint import load_checkpoint
-from googlenet.training.config import Config, load_config
 from googlenet.training.loop import resume, train
 from googlenet.training.schedule import decay_progress, lr_factor
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from googlenet.training.config import ConfigError, apply_overrides, config_from_dict, load_config, parse_override
+from googlenet.config import ConfigError, apply_overrides, config_from_dict, load_config, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from googlenet.training.config import DataConfig
-from googlenet.training.data import (
+from googlenet.config import DataConfig
+from googlenet.data import (
     DataError,
     Preprocessing,
     TensorBatches,
@@ -161,13 +161,13 @@ def test_resize_to_a_larger_input() -> None:
 
 
 def test_missing_data_gives_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("googlenet.training.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr("googlenet.data.fashion.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
         ensure_fashion_mnist(tmp_path / "root", allow_download=False)
 
 
 def test_garbled_idx_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("googlenet.training.data.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr("googlenet.data.fashion.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     for name in (
         "train-images-idx3-ubyte",
         "train-labels-idx1-ubyte",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from googlenet.training.checkpoint import load_checkpoint
-from googlenet.training.config import load_config
+from googlenet.config import load_config
+from googlenet.run.checkpoint import load_checkpoint
 from googlenet.training.loop import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
@@ -90,7 +90,7 @@ def test_two_processes_plan_and_replan_a_budget_together(fashion_root: Path, tmp
 
 
 def test_batch_must_divide_among_processes(fashion_root: Path) -> None:
-    from googlenet.training.data import DataError, build_data
+    from googlenet.data import DataError, build_data
 
     config = load_config(CONFIG, settings(fashion_root))
     config.data.batch_size = 15
@@ -99,7 +99,7 @@ def test_batch_must_divide_among_processes(fashion_root: Path) -> None:
 
 
 def test_shards_partition_each_global_batch(fashion_root: Path) -> None:
-    from googlenet.training.data import build_data
+    from googlenet.data import build_data
 
     config = load_config(CONFIG, settings(fashion_root))
     whole = list(build_data(config.data, in_channels=0, seed=0).train.epoch(0))
@@ -132,7 +132,7 @@ def test_gradient_accumulation_matches_one_large_batch(fashion_root: Path, tmp_p
 
 
 def test_global_batch_must_be_a_multiple(fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.training.config import ConfigError
+    from googlenet.config import ConfigError
 
     config = load_config(CONFIG, [*settings(fashion_root), "train.global_batch=20"])
     with pytest.raises(ConfigError, match=r"must be a multiple of data\.batch_size=16"):

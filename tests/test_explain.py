@@ -13,6 +13,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from googlenet.cli import main
+from googlenet.config import Config
 from googlenet.explain import (
     LayerError,
     branch_shares,
@@ -27,9 +28,8 @@ from googlenet.explain import (
 from googlenet.explain.cam import normalise, upsample
 from googlenet.explain.layers import INCEPTION_LAYERS, capture
 from googlenet.model import create_model
-from googlenet.training.checkpoint import save_checkpoint
-from googlenet.training.config import Config
-from googlenet.viz.report import write_report
+from googlenet.report import write_report
+from googlenet.run.checkpoint import save_checkpoint
 
 SMALL_PREP = {"image_size": 28, "resize": 28, "in_channels": 1, "mean": [0.29], "std": [0.35]}
 
@@ -216,7 +216,7 @@ def test_feature_visualisation_of_a_whole_module_on_a_224px_colour_model() -> No
 
 
 def test_deep_dream_amplifies_what_the_layer_sees_in_a_photo(shared_data: Path) -> None:
-    from googlenet.training.data import open_image
+    from googlenet.data import open_image
 
     photo = sorted((shared_data / "imagenet-sample").iterdir())[0]
     image = torch.from_numpy(np.array(open_image(photo).resize((96, 80)))).permute(2, 0, 1).float() / 255
@@ -276,7 +276,7 @@ def test_cli_explain_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "unknown layer 'mixed9z'; valid: conv1": [str(tmp_path / "a.png"), "--layer", "mixed9z"],
         "holds no images": [str(tmp_path / "empty")],
         "does not exist": [str(tmp_path / "nope.png")],
-        "cannot read image": [str(tmp_path / "bad.png")],
+        "is not an image in a format": [str(tmp_path / "bad.png")],
         "image files or folders, or --split": [],
     }
     for message, extra in cases.items():

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from googlenet.config import load_config
 from googlenet.evaluation.evaluate import evaluate_checkpoint
 from googlenet.evaluation.predict import predict_paths
-from googlenet.training.checkpoint import load_checkpoint
-from googlenet.training.config import load_config
+from googlenet.run.checkpoint import load_checkpoint
 from googlenet.training.loop import train
 from helpers import COLOURS, make_folder
 

@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from googlenet.cli import main
-from googlenet.crops import crop_plan, render, resized_size
+from googlenet.data import class_names_for, read_synset_mapping
+from googlenet.data.crops import crop_plan, render, resized_size
+from googlenet.data.inspect import inspect_folder
 from googlenet.evaluation.multicrop import ensemble_table
 from googlenet.model import create_model
-from googlenet.training.data import class_names_for, read_synset_mapping
-from googlenet.training.data_inspect import inspect_folder
 from helpers import COLOURS, make_checkpoint, make_folder
 
 

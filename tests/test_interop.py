@@ -10,11 +10,11 @@ from torch import nn
 
 from googlenet import count_parameters
 from googlenet.cli import main
+from googlenet.config import load_config
 from googlenet.deploy.export import export_checkpoint, load_safetensors
 from googlenet.deploy.interop import from_torchvision, import_torchvision
 from googlenet.evaluation.predict import predict_paths
-from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
-from googlenet.training.config import load_config
+from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint
 from googlenet.training.loop import train
 from helpers import make_checkpoint, make_folder
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from googlenet import kernels
-from googlenet.training import checkpoint as checkpoint_module
-from googlenet.training.checkpoint import load_checkpoint, save_checkpoint
-from googlenet.training.config import Config, ConfigError, load_config
-from googlenet.training.data import Preprocessing, TensorBatches
+from googlenet.config import Config, ConfigError, load_config
+from googlenet.data import Preprocessing, TensorBatches
+from googlenet.run import checkpoint as checkpoint_module
+from googlenet.run.checkpoint import load_checkpoint, save_checkpoint
 from googlenet.training.loop import resume, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from googlenet.config import ConfigError, DataConfig
+from googlenet.run.checkpoint import load_checkpoint
 from googlenet.training import loop
 from googlenet.training.budget import SAFETY_SHARE, plan_steps, seconds_for
-from googlenet.training.checkpoint import load_checkpoint
-from googlenet.training.config import ConfigError, DataConfig
 from googlenet.training.loop import resume, train
 from googlenet.training.resizing import resize_batch, size_at, step_cost, training_sizes
 from test_budget import TIMING, WORK, tiny

@@ -2,7 +2,7 @@
 
 import pytest
 
-from googlenet.training.config import ScheduleConfig
+from googlenet.config import ScheduleConfig
 from googlenet.training.schedule import lr_factor
 
 

@@ -9,16 +9,16 @@ import torch
 from PIL import Image
 
 from googlenet.cli import main
+from googlenet.config import Config, load_config
+from googlenet.data import build_data, load_fashion_mnist
 from googlenet.evaluation.evaluate import evaluate_checkpoint
-from googlenet.evaluation.metrics import evaluate_batches
 from googlenet.evaluation.predict import predict_paths
-from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from googlenet.training.config import Config, load_config
-from googlenet.training.data import build_data, load_fashion_mnist
+from googlenet.report import write_report
+from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from googlenet.run.metrics import evaluate_batches
 from googlenet.training.loop import TrainingDiverged, build_model, resume, train
 from googlenet.training.loss import training_loss
 from googlenet.training.optim import Lookahead, WarmupEMA
-from googlenet.viz.report import write_report
 
 TINY = [
     "model.name=small",  # the preset's recipe on the 28 px variant: the cheapest full-width model
@@ -168,7 +168,7 @@ def test_predict_matches_evaluation_inputs(fashion_root: Path, finished_run: Pat
     images, _, _ = load_fashion_mnist(fashion_root, train=False, allow_download=False)
     Image.fromarray(images[0].numpy()).save(tmp_path / "zero.png")
     config = tiny_config(fashion_root)
-    from googlenet.training.data import fashion_mnist_test
+    from googlenet.data import fashion_mnist_test
 
     x, _ = next(fashion_mnist_test(config.data, prep, allow_download=False).epoch(0))
     with torch.no_grad():
@@ -222,7 +222,7 @@ def test_cli_evaluate_and_predict(
 def test_evaluate_helper_counts(finished_run: Path, fashion_root: Path) -> None:
     model, prep, names = model_from_checkpoint(load_checkpoint(finished_run / "checkpoints" / "best.pt"))
     config = tiny_config(fashion_root)
-    from googlenet.training.data import eval_split
+    from googlenet.data import eval_split
 
     split = eval_split(config.data, prep, "val", 0)
     result = evaluate_batches(model, split, len(names))
@@ -286,8 +286,8 @@ def test_resume_with_lookahead_is_bit_identical(fashion_root: Path, tmp_path: Pa
 
 
 def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.evaluation.metrics import ViewAverage
-    from googlenet.training.data import eval_split
+    from googlenet.data import eval_split
+    from googlenet.run.metrics import ViewAverage
 
     checkpoint = finished_run / "checkpoints" / "best.pt"
     model, prep, _ = model_from_checkpoint(load_checkpoint(checkpoint))
@@ -307,8 +307,8 @@ def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashio
 
 
 def test_flip_shift_tta_averages_ten_views(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.evaluation.metrics import ViewAverage, shift_pixels
-    from googlenet.training.data import eval_split
+    from googlenet.data import eval_split
+    from googlenet.run.metrics import ViewAverage, shift_pixels
 
     assert (shift_pixels(64), shift_pixels(224), shift_pixels(28)) == (2, 7, 1)
     seen: list[torch.Tensor] = []

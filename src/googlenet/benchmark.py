@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from googlenet import kernels
-from googlenet.deploy.engines import (
+from googlenet.engines import (
     Engine,
     build_engine,
     engine_choices,
@@ -448,10 +448,10 @@ def _rows(cases: list[Case], roof: float) -> list[Row]:
 def agreement_on_test(checkpoint: str, engines: list[str], log: Callable[[str], None]) -> list[Agreement]:
     """Each reduced-precision or external engine against our fp32 PyTorch model on the checkpoint's test split:
     accuracy and the share of identical top-1 answers. int8 is calibrated as `evaluate` does."""
+    from googlenet.config import config_from_dict
+    from googlenet.data import eval_split
     from googlenet.evaluation.evaluate import calibration_batches
-    from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
-    from googlenet.training.config import config_from_dict
-    from googlenet.training.data import eval_split
+    from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(checkpoint)
     model, prep, _ = model_from_checkpoint(payload)

@@ -11,3 +11,7 @@ class UnknownModelError(GoogLeNetError, ValueError):
 
 class InputSizeError(GoogLeNetError, ValueError):
     """An input tensor a model cannot take (wrong rank, channel count, or too small)."""
+
+
+class DataError(GoogLeNetError):
+    """Data that is missing or cannot be read."""

@@ -62,7 +62,7 @@ def progress_bar(enabled: bool) -> Callable[[Iterable[Any], int, str], Iterable[
 
 def add_engine_arguments(parser: argparse.ArgumentParser, *, int8: bool) -> None:
     """--backend and --precision, as evaluate and predict take them."""
-    from googlenet.deploy.engines import BACKENDS
+    from googlenet.engines import BACKENDS
     from googlenet.evaluation.evaluate import CALIBRATION_IMAGES
 
     parser.add_argument(

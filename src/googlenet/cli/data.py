@@ -20,9 +20,9 @@ def register(commands: Commands) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from googlenet.cli.common import progress_wanted
+    from googlenet.data.inspect import format_inspection, inspect_folder, sample_grid_png
     from googlenet.extras import MissingExtraError
     from googlenet.files import writable_dir
-    from googlenet.training.data_inspect import format_inspection, inspect_folder, sample_grid_png
 
     grid = Path(args.grid) if args.grid else Path(f"{Path(args.folder).resolve().name}-samples.png")
     writable_dir(grid.parent)  # before reading every image of the folder, not after
@@ -38,7 +38,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from googlenet.training.data import ensure_fashion_mnist
+    from googlenet.data import ensure_fashion_mnist
 
     print(f"Fashion-MNIST ready in {ensure_fashion_mnist(args.root)}")
     return 0

@@ -71,10 +71,10 @@ def _heads(args: argparse.Namespace) -> int:
         raise UsageError("--heads all measures one checkpoint at --crops 1 without --tta")
     import json
 
-    from googlenet.evaluation.evaluate import run_folder
     from googlenet.explain.early_exits import format_heads
     from googlenet.explain.run import early_exits
     from googlenet.files import atomic_write_text, writable_dir
+    from googlenet.run.checkpoint import run_folder
 
     checkpoint = Path(args.checkpoint[0])
     out = writable_dir(args.out if args.out else run_folder(checkpoint))

@@ -26,7 +26,7 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from googlenet.viz.report import write_report
+    from googlenet.report import write_report
 
     print(f"wrote {write_report(args.run, explain=not args.no_explain, explain_split=args.explain_split)}")
     return 0

@@ -29,7 +29,7 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from googlenet.training.config import load_config
+    from googlenet.config import load_config
     from googlenet.training.loop import resume, train
 
     overrides = list(args.set)

@@ -24,9 +24,9 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from googlenet.data import open_image
     from googlenet.explain.visualize import deep_dream, save_png, visualize_feature
-    from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
-    from googlenet.training.data import open_image
+    from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint
 
     model, prep, _ = model_from_checkpoint(load_checkpoint(args.checkpoint))
     size = args.size or prep.image_size

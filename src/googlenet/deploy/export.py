@@ -4,8 +4,6 @@ compared with the eager model before it is reported."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,14 +12,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from googlenet.data import Preprocessing, collect_images
 from googlenet.deploy.interop import payload_for_model
+from googlenet.engines import write_onnx
 from googlenet.errors import GoogLeNetError
 from googlenet.extras import require
 from googlenet.files import atomic_write, writable_dir
 from googlenet.model import GoogLeNet, create_model
+from googlenet.run.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from googlenet.speedups import optimize_for_inference
-from googlenet.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from googlenet.training.data import Preprocessing, collect_images
 
 FORMATS = ("onnx", "torch-export", "safetensors")
 # What each format needs beyond the core install, all from the [deploy] extra (ONNX files are checked by ONNX Runtime).
@@ -100,29 +99,6 @@ def export_checkpoint(
             actual = reloaded(inputs)
     diff = _compare(expected, actual, tolerance, f"the {fmt} export")
     return ExportResult(out, fmt, diff, int(inputs.shape[0]) - real, real)
-
-
-def write_onnx(model: torch.nn.Module, example: Tensor, out: str | Path) -> None:
-    """Write ``model`` as ONNX (dynamo exporter) with a dynamic batch axis, atomically."""
-    for module in ("onnx", "onnxscript"):  # torch's dynamo exporter builds the graph with them
-        require(module, "deploy", "ONNX export")
-    batch = torch.export.Dim("batch", min=1, max=4096)
-
-    def write(tmp: str) -> None:
-        # The exporter narrates its passes on stdout; callers report the result themselves.
-        with contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(
-                model,
-                (example,),
-                tmp,
-                dynamo=True,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes=({0: batch},),
-                verbose=False,
-            )
-
-    atomic_write(Path(out), write)
 
 
 def _export_onnx(model: GoogLeNet, example: Tensor, out: Path, inputs: Tensor) -> Tensor:

@@ -16,10 +16,10 @@ import torch
 import torchvision
 from torch import Tensor
 
+from googlenet.config import Config
+from googlenet.data import Preprocessing
 from googlenet.model import GoogLeNet, create_model
-from googlenet.training.checkpoint import CheckpointError, save_checkpoint
-from googlenet.training.config import Config
-from googlenet.training.data import Preprocessing
+from googlenet.run.checkpoint import CheckpointError, save_checkpoint
 
 TORCHVISION_WEIGHTS_FILE = "googlenet-1378be20.pth"
 # transform_input=True maps ImageNet normalisation onto (x - 0.5) / 0.5 per channel: the same thing, as data.

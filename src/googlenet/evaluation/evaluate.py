@@ -11,14 +11,14 @@ from typing import Any
 from torch import Tensor
 from tqdm import tqdm
 
-from googlenet.deploy.engines import check_choice, select_engine
-from googlenet.evaluation.metrics import TTA_CHOICES, TTA_NAMES, EvalResult, evaluate_batches, tta_scorer
+from googlenet.config import Config
+from googlenet.data import Preprocessing, eval_split
+from googlenet.engines import check_choice, select_engine
 from googlenet.extras import MissingExtraError
 from googlenet.files import atomic_write_text, writable_dir
-from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, model_from_checkpoint
-from googlenet.training.config import Config, config_from_dict
-from googlenet.training.data import Batches, Preprocessing, eval_split
-from googlenet.viz.plots import confusion_png  # imports matplotlib only when it draws
+from googlenet.plots import confusion_png  # imports matplotlib only when it draws
+from googlenet.run.checkpoint import checkpoint_split, load_checkpoint, model_from_checkpoint, run_folder
+from googlenet.run.metrics import TTA_CHOICES, TTA_NAMES, EvalResult, evaluate_batches, tta_scorer
 
 
 @dataclass
@@ -59,24 +59,6 @@ def calibration_batches(config: Config, prep: Preprocessing) -> list[Tensor]:
     train = eval_split(config.data, prep, "train", config.train.seed)
     per_batch = -(-train.num_samples // max(1, len(train)))
     return list(itertools.islice((x for x, _ in train.epoch(0)), -(-CALIBRATION_IMAGES // per_batch)))
-
-
-def run_folder(checkpoint: Path) -> Path:
-    """RUN/checkpoints/best.pt -> RUN; any other checkpoint -> its own folder."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-
-
-def checkpoint_split(
-    payload: dict[str, Any], checkpoint: Path, prep: Preprocessing, split: str, data_root: str | None = None
-) -> tuple[Config, Batches]:
-    """The run's config (with ``data_root`` if given) and ``split`` of its data, preprocessed with ``prep``. A
-    split drawn from the run's seed needs a checkpoint written with today's seeding."""
-    config = config_from_dict(payload["config"])
-    if data_root:
-        config.data.root = data_root
-    if split != "test" and not (config.data.dataset == "folder" and (Path(config.data.root) / split).is_dir()):
-        check_current_seeding(payload, checkpoint, f"--split {split}")
-    return config, eval_split(config.data, prep, split, config.train.seed)
 
 
 def evaluate_checkpoint(

@@ -16,13 +16,13 @@ from torch import Tensor
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from googlenet.crops import crop_plan, render
+from googlenet.config import config_from_dict
+from googlenet.data import DataError, Preprocessing, class_names_for, open_image
+from googlenet.data.crops import crop_plan, render
 from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet
+from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint
 from googlenet.speedups import optimize_for_inference
-from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
-from googlenet.training.config import config_from_dict
-from googlenet.training.data import DataError, Preprocessing, class_names_for, open_image
 
 # The paper's Table 3 (top-5 error on ILSVRC 2012 validation), quoted beside ours.
 PAPER_TABLE3 = {(1, 1): 10.07, (1, 10): 9.15, (1, 144): 7.89, (7, 1): 8.09, (7, 10): 7.62, (7, 144): 6.67}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from googlenet.deploy.engines import check_choice, select_engine
-from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
-from googlenet.training.data import collect_images
+from googlenet.data import collect_images
+from googlenet.engines import check_choice, select_engine
+from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from googlenet.data import DataError
 from googlenet.model import GoogLeNet
-from googlenet.training.data import DataError
 
 HEADS = {"aux1": "aux1 (after 4a)", "aux2": "aux2 (after 4d)", "main": "main (after 5b)"}
 

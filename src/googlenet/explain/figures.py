@@ -1,6 +1,6 @@
 """The pictures of the explain tools: map overlays, the CAM grid of a split, the branch-share figure.
 
-Drawn with matplotlib's object-oriented API through googlenet.viz.plots (no pyplot, no global state).
+Drawn with matplotlib's object-oriented API through googlenet.plots (no pyplot, no global state).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from googlenet.explain.layers import BRANCHES, MODULE_KEYS
-from googlenet.viz.plots import labelled_grid_png, new_figure, save_figure
+from googlenet.plots import labelled_grid_png, new_figure, save_figure
 
 
 def _pixels(image: Tensor) -> np.ndarray:

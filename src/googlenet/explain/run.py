@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from googlenet.evaluation.evaluate import checkpoint_split
+from googlenet.data import Batches, Preprocessing, collect_images
 from googlenet.explain.branches import ClassShareAccumulator, ClassShares, branch_shares
 from googlenet.explain.cam import class_activation_maps, grad_cam, normalise, top_k, upsample
 from googlenet.explain.early_exits import HeadAccuracy, head_accuracy
@@ -27,8 +27,7 @@ from googlenet.explain.layers import MODULE_KEYS, resolve_layer
 from googlenet.extras import require
 from googlenet.files import atomic_write, atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet
-from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
-from googlenet.training.data import Batches, Preprocessing, collect_images
+from googlenet.run.checkpoint import checkpoint_split, load_checkpoint, model_from_checkpoint
 
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 

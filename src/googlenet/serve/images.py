@@ -1,19 +1,15 @@
 """Uploaded bytes -> a PIL image the model can take, or an UploadError with the HTTP status that fits.
 
-Uploads are untrusted: the byte size is capped before they are read in full, the pixel count is checked
-from the image header before any pixel is decoded (a decompression bomb declares a huge size in a few
-bytes), and every mode PIL opens (16-bit, CMYK, palette, alpha, multi-frame) becomes 8-bit grayscale or RGB.
+The decoding and its guards are the data layer's (googlenet.data.images); here the server only limits the
+formats PIL may try and names the status of each refusal.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
+from PIL import Image
 
-from PIL import Image, UnidentifiedImageError
-
-from googlenet.errors import GoogLeNetError
-from googlenet.training.data import to_8bit
+from googlenet.data import images
+from googlenet.errors import DataError, GoogLeNetError
 
 # Types a browser or client may send for an image file it could not name more precisely.
 GENERIC_TYPES = ("application/octet-stream", "")
@@ -42,38 +38,13 @@ def check_content_type(content_type: str | None, what: str = "the request body")
 def decode_image(
     data: bytes, in_channels: int, *, max_pixels: int, shorter_side: int = 0, name: str = "the image"
 ) -> Image.Image:
-    """Decode ``data`` into 8-bit grayscale (1 channel) or RGB (3), refusing more than ``max_pixels``, before
-    or after the resize of its shorter side to ``shorter_side`` px (a 40,000x1 strip is small, but resized to
-    a 256 px shorter side it would take gigabytes)."""
-    if not data:
-        raise UploadError(400, f"{name} is empty: no bytes were sent")
+    """`googlenet.data.images.decode_image` for an upload, its refusals turned into the HTTP status that fits:
+    413 for too many pixels as declared, 422 once resized, 400 for anything that does not decode."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            warnings.simplefilter("ignore", UserWarning)  # e.g. palette transparency notes: not the client's fault
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                width, height = image.size  # from the header: nothing decoded yet
-                if width * height > max_pixels:
-                    raise UploadError(
-                        413,
-                        f"{name} declares {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
-                    )
-                resized = shorter_side * shorter_side * max(width, height) / max(1, min(width, height))
-                if resized > max_pixels:
-                    raise UploadError(
-                        422,
-                        f"{name} is {width}x{height}: resized to a {shorter_side} px shorter side it would be "
-                        f"{resized:,.0f} pixels (limit {max_pixels:,}); crop it closer to a square",
-                    )
-                image.load()
-                return to_8bit(image).convert("L" if in_channels == 1 else "RGB")
-    except UploadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise UploadError(413, f"{name} was refused as a decompression bomb: {error}") from None
-    except UnidentifiedImageError:
-        raise UploadError(
-            400, f"{name} is not an image in a format this server reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
-        ) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise UploadError(400, f"{name} could not be decoded (truncated or damaged?): {error}") from None
+        return images.decode_image(
+            data, in_channels, max_pixels=max_pixels, shorter_side=shorter_side, formats=FORMATS, name=name
+        )
+    except images.ImageTooLargeError as error:
+        raise UploadError(422 if error.after_resize else 413, str(error)) from None
+    except DataError as error:
+        raise UploadError(400, str(error)) from None

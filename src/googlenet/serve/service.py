@@ -16,17 +16,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from googlenet.deploy.engines import select_engine
-from googlenet.evaluation.evaluate import run_folder
+from googlenet.data import DataError
+from googlenet.engines import select_engine
 from googlenet.explain.branches import branch_shares
 from googlenet.explain.cam import class_activation_maps, normalise, upsample
 from googlenet.explain.layers import BRANCHES, MODULE_KEYS
 from googlenet.explain.run import pixels as seen_pixels
 from googlenet.model import count_parameters, create_model
+from googlenet.report import read_history
+from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint, run_folder
 from googlenet.summary import format_json, summarize
-from googlenet.training.checkpoint import load_checkpoint, model_from_checkpoint
-from googlenet.training.data import DataError
-from googlenet.viz.report import read_history
 
 
 @dataclass

@@ -38,10 +38,21 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
+from googlenet.config import Config, ConfigError, apply_overrides, config_from_dict
+from googlenet.data import (
+    Batches,
+    DataBundle,
+    Preprocessing,
+    build_data,
+    keep_on_device,
+    test_split_size,
+)
 from googlenet.errors import GoogLeNetError
-from googlenet.evaluation.metrics import evaluate_batches, predict_logits
 from googlenet.files import atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet, create_model, get_variant
+from googlenet.run.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
+from googlenet.run.device import autocast, resolve_device, to_device
+from googlenet.run.metrics import evaluate_batches, predict_logits
 from googlenet.training.budget import (
     CHECKPOINT_SECONDS,
     BudgetPlan,
@@ -51,17 +62,6 @@ from googlenet.training.budget import (
     plan_steps,
     replan,
 )
-from googlenet.training.checkpoint import check_current_seeding, load_checkpoint, save_checkpoint
-from googlenet.training.config import Config, ConfigError, apply_overrides, config_from_dict
-from googlenet.training.data import (
-    Batches,
-    DataBundle,
-    Preprocessing,
-    build_data,
-    keep_on_device,
-    test_split_size,
-)
-from googlenet.training.device import autocast, resolve_device, to_device
 from googlenet.training.distributed import (
     DistInfo,
     any_rank,

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from googlenet.config import Config, ConfigError
 from googlenet.model import GoogLeNet
-from googlenet.training.checkpoint import preferred_state
-from googlenet.training.config import Config, ConfigError
+from googlenet.run.checkpoint import preferred_state
 
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD has a fused kernel (fused=True)
 HEAD_PREFIXES = ("fc.", "aux1.", "aux2.")  # the classifiers; everything else is the backbone

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from googlenet.training.config import DataConfig
+from googlenet.config import DataConfig
 
 # Sizes move in steps of this many pixels: few distinct shapes (each one measured for a budget, each one an
 # allocation pattern), and a multiple of the stem's stride of 8 where the sizes allow.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from googlenet.training.config import ScheduleConfig
+from googlenet.config import ScheduleConfig
 
 
 def lr_factor(

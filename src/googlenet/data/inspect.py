@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from googlenet.training.data import IMAGE_EXTENSIONS, DataError, class_names_for, open_image
+from googlenet.data import IMAGE_EXTENSIONS, DataError, class_names_for, open_image
 
 
 @dataclass
@@ -106,7 +106,7 @@ def format_inspection(result: Inspection) -> str:
 def sample_grid_png(result: Inspection, path: str | Path, max_classes: int = 20) -> None:
     """A grid: one row per class (up to max_classes), its first sample images across."""
     from googlenet.extras import require
-    from googlenet.viz.plots import image_grid_png
+    from googlenet.plots import image_grid_png
 
     require("matplotlib", "viz", "the sample grid of 'googlenet data inspect'")
     rows = []

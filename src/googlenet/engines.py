@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from googlenet.errors import GoogLeNetError
 from googlenet.extras import MissingExtraError, install_hint, require
+from googlenet.files import atomic_write
 from googlenet.macs import forward_macs
 from googlenet.model import GoogLeNet
 from googlenet.speedups import optimize_for_inference
@@ -158,10 +159,31 @@ def _torch_engine(model: GoogLeNet, precision: str, device: torch.device) -> Eng
     return Engine("torch", precision, run, device=device.type)
 
 
+def write_onnx(model: torch.nn.Module, example: Tensor, out: str | Path) -> None:
+    """Write ``model`` as ONNX (dynamo exporter) with a dynamic batch axis, atomically."""
+    for module in ("onnx", "onnxscript"):  # torch's dynamo exporter builds the graph with them
+        require(module, "deploy", "ONNX export")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+
+    def write(tmp: str) -> None:
+        # The exporter narrates its passes on stdout; callers report the result themselves.
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                dynamo=True,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
+
+    atomic_write(Path(out), write)
+
+
 def onnxruntime_engine(graph: nn.Module, example: Tensor) -> Engine:
     """``graph`` (any eval-mode module: ours optimized, or a peer's) exported to ONNX and run by ONNX Runtime."""
-    from googlenet.deploy.export import write_onnx
-
     onnxruntime = require("onnxruntime", "deploy", "the onnxruntime engine")
 
     folder = tempfile.TemporaryDirectory(prefix="googlenet-ort-")

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from googlenet.config import Config, config_from_dict
+from googlenet.data import Batches, Preprocessing, eval_split
 from googlenet.errors import GoogLeNetError
 from googlenet.files import atomic_write
 from googlenet.model import GoogLeNet, create_model, list_models
-from googlenet.training.data import Preprocessing
 
 FORMAT = "googlenet-checkpoint"
 FORMAT_VERSION = 2
@@ -110,3 +111,21 @@ def model_from_checkpoint(
     if len(classes) != model.num_classes:
         raise CheckpointError(f"checkpoint has {len(classes)} class names for {model.num_classes} outputs")
     return model.eval(), Preprocessing.from_dict(payload["preprocessing"]), classes
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """RUN/checkpoints/best.pt -> RUN; any other checkpoint -> its own folder."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def checkpoint_split(
+    payload: dict[str, Any], checkpoint: Path, prep: Preprocessing, split: str, data_root: str | None = None
+) -> tuple[Config, Batches]:
+    """The run's config (with ``data_root`` if given) and ``split`` of its data, preprocessed with ``prep``. A
+    split drawn from the run's seed needs a checkpoint written with today's seeding."""
+    config = config_from_dict(payload["config"])
+    if data_root:
+        config.data.root = data_root
+    if split != "test" and not (config.data.dataset == "folder" and (Path(config.data.root) / split).is_dir()):
+        check_current_seeding(payload, checkpoint, f"--split {split}")
+    return config, eval_split(config.data, prep, split, config.train.seed)

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from googlenet.data import DataError
 from googlenet.errors import GoogLeNetError
-from googlenet.evaluation.metrics import TTA_NAMES
 from googlenet.extras import require
 from googlenet.files import atomic_write_text
-from googlenet.training.checkpoint import load_checkpoint
-from googlenet.training.data import DataError
-from googlenet.viz.plots import curves_png
+from googlenet.plots import curves_png
+from googlenet.run.checkpoint import load_checkpoint
+from googlenet.run.metrics import TTA_NAMES
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:

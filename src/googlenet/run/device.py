@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from googlenet.training.config import ConfigError
+from googlenet.config import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from googlenet.training.data import Batches
-from googlenet.training.device import autocast, to_device
+from googlenet.data import Batches
+from googlenet.run.device import autocast, to_device
 
 
 @dataclass

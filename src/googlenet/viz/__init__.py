@@ -1,1 +1,0 @@
-"""Figures and run reports (matplotlib: the [viz] extra)."""
