@@ -11,7 +11,6 @@ import pytest
 from googlenet.cli import main
 from googlenet.config import Config, load_config
 from googlenet.run.checkpoint import load_checkpoint
-from googlenet.training import loop
 from googlenet.training.budget import (
     SAFETY_SHARE,
     BudgetError,
@@ -22,8 +21,10 @@ from googlenet.training.budget import (
     replan,
     seconds_for,
 )
-from googlenet.training.loop import resume, train
+from googlenet.training.loop import Hooks, resume, train
+from googlenet.training.planner import MeasuredSpeed
 from googlenet.training.schedule import decay_progress, lr_factor
+from googlenet.training.state import Run
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
 TIMING = Timing(step_seconds=0.5, images_per_step=128, eval_images_per_second=400.0, overhead_seconds=20.0)
@@ -139,21 +140,35 @@ def tiny(root: Path, *extra: str) -> Config:
     )
 
 
+class FixedSpeed(MeasuredSpeed):
+    """A machine of known speed, so the plan does not depend on the load: 2 s a step, 300 validation images x 2
+    (model and EMA) at 600 img/s = 1 s; with ``epoch_ends`` the epoch-end re-plans measure the same, without
+    them they time the epochs on the run's clock."""
+
+    def __init__(self, epoch_ends: bool = True) -> None:
+        self.epoch_ends = epoch_ends
+
+    def measure(self, run: Run) -> tuple[dict[int, float], float]:
+        return {run.cfg.data.image_size: 2.0}, 1 / 600
+
+    def at_epoch_end(self, run: Run, step_seconds: float, val_seconds: float) -> tuple[float, float]:
+        if self.epoch_ends:
+            return 2.0, 1 / 600
+        return super().at_epoch_end(run, step_seconds, val_seconds)
+
+
 @pytest.fixture
-def fixed_speed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This machine's measurement replaced by a known one, so the plan does not depend on the load: 2 s a step,
-    300 validation images x 2 (model and EMA) at 600 img/s = 1 s; the epoch-end re-plans measure the same."""
-    monkeypatch.setattr(loop, "_measure", lambda run: ({run.cfg.data.image_size: 2.0}, 1 / 600))
-    monkeypatch.setattr(loop, "_replan_timing", lambda run, step_seconds, val_seconds: (2.0, 1 / 600))
+def fixed_speed() -> Hooks:
+    return Hooks(speed=FixedSpeed())
 
 
 def test_a_budgeted_run_fits_its_whole_schedule_into_the_plan(
-    fashion_root: Path, tmp_path: Path, fixed_speed: None
+    fashion_root: Path, tmp_path: Path, fixed_speed: Hooks
 ) -> None:
     lines: list[str] = []
     # 1 minute x 0.97 = 58.2 s: set-up (a few s) + 1 s per epoch end + 20,000 test views at 600 img/s (33 s)
     # leave room for about 10 steps of 2 s: two whole epochs of 5 and part of a third, or fewer.
-    result = train(tiny(fashion_root, "train.max_minutes=1"), tmp_path, log=lines.append)
+    result = train(tiny(fashion_root, "train.max_minutes=1"), tmp_path, log=lines.append, hooks=fixed_speed)
     payload = load_checkpoint(result.last_checkpoint)
     plan = payload["plan"]
     first = next(line for line in lines if line.startswith("measured 16 img/s training, 600 img/s evaluating"))
@@ -175,9 +190,10 @@ def test_a_budgeted_run_fits_its_whole_schedule_into_the_plan(
 
 
 def test_a_run_stopped_inside_an_epoch_validates_and_resumes_to_the_same_plan(
-    fashion_root: Path, tmp_path: Path, fixed_speed: None
+    fashion_root: Path, tmp_path: Path, fixed_speed: Hooks
 ) -> None:
-    stopped = train(tiny(fashion_root, "train.max_minutes=10", "train.max_steps=7"), tmp_path, log=lambda _: None)
+    config = tiny(fashion_root, "train.max_minutes=10", "train.max_steps=7")
+    stopped = train(config, tmp_path, log=lambda _: None, hooks=fixed_speed)
     assert stopped.stopped == "max_steps" and stopped.step == 7
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 1.4] and history[-1]["partial"] is True
@@ -187,7 +203,7 @@ def test_a_run_stopped_inside_an_epoch_validates_and_resumes_to_the_same_plan(
     steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [row["step"] for row in steps] == [2, 4, 6] and all(row["train_loss"] > 0 for row in steps)
 
-    finished = resume(tmp_path, ["train.max_steps=0"], log=lambda _: None)
+    finished = resume(tmp_path, ["train.max_steps=0"], log=lambda _: None, hooks=fixed_speed)
     assert finished.stopped == "finished" and finished.step == 20
     after = load_checkpoint(finished.last_checkpoint)
     assert after["plan"] == planned  # the same budget: the stored plan, not a new measurement
@@ -195,31 +211,29 @@ def test_a_run_stopped_inside_an_epoch_validates_and_resumes_to_the_same_plan(
     assert [row["step"] for row in after["steps_log"]] == list(range(2, 21, 2))
 
 
-class SlowMachine:
-    """A run's clock on a machine that measured 2 s a step before training but then takes 4 s a step and 1 s
-    a validation: simulated seconds added to the real clock, so the test takes seconds."""
+class SlowMachine(Hooks):
+    """A machine that measured 2 s a step before training but then takes 4 s a step and 1 s a validation: the
+    run's clock reads simulated seconds only, so the test takes seconds and its plans never depend on the load."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.extra = 0.0
-        elapsed, step, validate = loop.Clock.elapsed, loop._optimizer_step, loop._validate
-        monkeypatch.setattr(loop, "_measure", lambda run: ({run.cfg.data.image_size: 2.0}, 1 / 600))
-        monkeypatch.setattr(loop.Clock, "elapsed", lambda clock: elapsed(clock) + self.extra)
-        monkeypatch.setattr(loop, "_optimizer_step", lambda run, number: (step(run, number), self.wait(4.0)))
-        monkeypatch.setattr(loop, "_validate", lambda run: (self.wait(1.0), validate(run))[1])
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        super().__init__(
+            now=lambda: self.seconds,
+            speed=FixedSpeed(epoch_ends=False),
+            after_step=lambda _run: self.wait(4.0),
+            after_validation=lambda _run: self.wait(1.0),
+        )
 
     def wait(self, seconds: float) -> None:
-        self.extra += seconds
+        self.seconds += seconds
 
 
-def test_a_machine_that_slows_down_gets_a_shorter_schedule_that_still_ends(
-    fashion_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    SlowMachine(monkeypatch)
+def test_a_machine_that_slows_down_gets_a_shorter_schedule_that_still_ends(fashion_root: Path, tmp_path: Path) -> None:
     lines: list[str] = []
     # No test evaluation to keep time for: the plan then hangs on the simulated seconds, not this machine's.
     slow = ("train.max_minutes=1.5", "train.epochs=8", "train.budget_test_views=0")
     config = tiny(fashion_root, *slow)
-    result = train(config, tmp_path, log=lines.append)
+    result = train(config, tmp_path, log=lines.append, hooks=SlowMachine())
     first = int(next(line for line in lines if line.startswith("measured")).split(" steps ")[0].split()[-1])
     payload = load_checkpoint(result.last_checkpoint)
     plan, history = payload["plan"], payload["history"]
@@ -248,14 +262,16 @@ def test_a_machine_that_slows_down_gets_a_shorter_schedule_that_still_ends(
     assert lr_factor(result.step, total, 5, config.schedule, anchor) == config.schedule.min_lr_ratio
     assert rates[-1] == pytest.approx(config.optim.lr * (1 - anchor[1]) / (total - anchor[0]))
     # Without re-planning, the same machine runs into the budget's hard limit before the schedule's end.
-    off = train(tiny(fashion_root, *slow, "train.replan=false"), tmp_path / "off", log=lambda _: None)
+    off = train(
+        tiny(fashion_root, *slow, "train.replan=false"), tmp_path / "off", log=lambda _: None, hooks=SlowMachine()
+    )
     assert off.stopped == "max_minutes" and off.step < first
     assert load_checkpoint(off.last_checkpoint)["plan"]["replans"] == 0
 
 
-def test_a_budget_too_small_fails_before_training(fashion_root: Path, tmp_path: Path, fixed_speed: None) -> None:
+def test_a_budget_too_small_fails_before_training(fashion_root: Path, tmp_path: Path, fixed_speed: Hooks) -> None:
     with pytest.raises(BudgetError, match=r"train\.max_minutes=0\.2 is too small .* needs at least"):
-        train(tiny(fashion_root, "train.max_minutes=0.2"), tmp_path, log=lambda _: None)
+        train(tiny(fashion_root, "train.max_minutes=0.2"), tmp_path, log=lambda _: None, hooks=fixed_speed)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 

@@ -9,11 +9,12 @@ import torch
 
 from googlenet.config import ConfigError, DataConfig
 from googlenet.run.checkpoint import load_checkpoint
-from googlenet.training import loop
 from googlenet.training.budget import SAFETY_SHARE, plan_steps, seconds_for
-from googlenet.training.loop import resume, train
+from googlenet.training.loop import Hooks, resume, train
+from googlenet.training.planner import MeasuredSpeed
 from googlenet.training.resizing import resize_batch, size_at, step_cost, training_sizes
-from test_budget import TIMING, WORK, tiny
+from googlenet.training.state import Run
+from test_budget import TIMING, WORK, FixedSpeed, tiny
 from test_train import quiet, tiny_config
 
 
@@ -57,25 +58,19 @@ def test_a_budget_counts_steps_on_smaller_images_as_cheaper() -> None:
     assert "measured 256 img/s training at 64 px, 512 at 48 px, 341 at 56 px" in progressive.describe(430)
 
 
-def shapes_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(step, image side) of every batch the training loop hands to a training step."""
+def shapes_seen() -> tuple[Hooks, list[tuple[int, int]]]:
+    """Hooks that record (step, image side) of every batch the training loop hands to a training step."""
     seen: list[tuple[int, int]] = []
-    original = loop._train_batch
-
-    def spy(run: loop.Run, state: loop.RunState, x: torch.Tensor, *rest: object) -> bool:
-        seen.append((state.step, int(x.shape[-1])))
-        return original(run, state, x, *rest)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(loop, "_train_batch", spy)
-    return seen
+    return Hooks(before_batch=lambda run, x: seen.append((run.state.step, int(x.shape[-1])))), seen
 
 
 def test_the_model_trains_on_the_growing_sizes_and_validates_at_the_full_size(
-    fashion_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fashion_root: Path, tmp_path: Path
 ) -> None:
-    seen = shapes_seen(monkeypatch)
+    hooks, seen = shapes_seen()
     lines: list[str] = []
-    result = train(tiny(fashion_root, "data.start_size=48", "train.max_minutes=0"), tmp_path, log=lines.append)
+    config = tiny(fashion_root, "data.start_size=48", "train.max_minutes=0")
+    result = train(config, tmp_path, log=lines.append, hooks=hooks)
     assert result.stopped == "finished" and result.step == 20
     # By hand: 4 epochs of 5 steps, a 1.5-step warm-up, so the decay's progress is (step - 1.5) / 18.5; 48 px
     # below 0.25 (steps 0-6), 56 below 0.5 (steps 7-10), then 64.
@@ -86,16 +81,22 @@ def test_the_model_trains_on_the_growing_sizes_and_validates_at_the_full_size(
     assert load_checkpoint(result.last_checkpoint)["preprocessing"]["image_size"] == 64
 
 
-def test_a_budgeted_run_measures_each_size_and_plans_with_them(
-    fashion_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_budgeted_run_measures_each_size_and_plans_with_them(fashion_root: Path, tmp_path: Path) -> None:
     measured: list[int] = []
-    time_size = loop._time_size
-    monkeypatch.setattr(loop, "_time_size", lambda trial, size: (measured.append(size), time_size(trial, size))[1])
-    monkeypatch.setattr(loop, "_replan_timing", lambda run, step_seconds, val_seconds: (2.0, 1 / 600))
+
+    class RecordedSpeed(MeasuredSpeed):
+        """This machine's real measurement, each size it times recorded; the epoch ends as FixedSpeed's."""
+
+        def time_size(self, trial: Run, size: int) -> float:
+            measured.append(size)
+            return super().time_size(trial, size)
+
+        at_epoch_end = FixedSpeed.at_epoch_end  # type: ignore[assignment]
+        epoch_ends = True
+
     lines: list[str] = []
     config = tiny(fashion_root, "data.start_size=56", "train.max_minutes=10", "train.max_steps=3")
-    train(config, tmp_path, log=lines.append)
+    train(config, tmp_path, log=lines.append, hooks=Hooks(speed=RecordedSpeed()))
     assert measured == [64, 56]  # the full size first, on the throw-away copy
     plan = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["plan"]
     assert set(plan["size_costs"]) == {56, 64} and plan["size_costs"][64] == 1.0

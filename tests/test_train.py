@@ -18,7 +18,7 @@ from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint, sav
 from googlenet.run.metrics import evaluate_batches
 from googlenet.training.loop import TrainingDiverged, build_model, resume, train
 from googlenet.training.loss import training_loss
-from googlenet.training.optim import Lookahead, WarmupEMA
+from googlenet.training.optim import WarmupEMA
 
 TINY = [
     "model.name=small",  # the preset's recipe on the 28 px variant: the cheapest full-width model
@@ -105,7 +105,7 @@ def test_reading_the_loss_back_every_few_steps_changes_nothing(
     fashion_root: Path, finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On a GPU the loop reads the statistics back every few dozen steps; here, every 4 (steps 4 and 6 of 6).
-    monkeypatch.setattr("googlenet.training.loop.settle_interval", lambda device: 4)
+    monkeypatch.setattr("googlenet.training.state.settle_interval", lambda device: 4)
     result = train(tiny_config(fashion_root, "data.erase=0.5"), tmp_path, log=quiet)
     a = load_checkpoint(finished_run / "checkpoints" / "last.pt")
     b = load_checkpoint(result.last_checkpoint)
@@ -118,7 +118,7 @@ def test_reading_the_loss_back_every_few_steps_changes_nothing(
 def test_divergence_is_caught_when_the_loss_is_read_lazily(
     fashion_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("googlenet.training.loop.settle_interval", lambda device: 4)
+    monkeypatch.setattr("googlenet.training.state.settle_interval", lambda device: 4)
     config = tiny_config(fashion_root, "optim.lr=1e5", "schedule.name=constant", "schedule.warmup_epochs=0")
     with pytest.raises(TrainingDiverged, match=r"the loss became nan by step [34] .*lower optim\.lr"):
         train(config, tmp_path, log=quiet)
@@ -250,41 +250,6 @@ def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
     assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)
 
 
-def test_lookahead_pulls_the_weights_back_every_k_steps() -> None:
-    model = torch.nn.Linear(3, 2)
-    start = model.weight.detach().clone()
-    lookahead = Lookahead(model, steps=2, alpha=0.25)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    fast, after = [], []
-    for step in (1, 2):
-        model(torch.randn(4, 3)).square().sum().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        fast.append(model.weight.detach().clone())
-        lookahead.after_step(step)
-        after.append(model.weight.detach().clone())
-    assert torch.equal(after[0], fast[0]) and not torch.equal(fast[0], start)  # step 1: SGD alone
-    expected = start + 0.25 * (fast[1] - start)  # step 2: a quarter of the way from the start
-    torch.testing.assert_close(model.weight, expected)
-    torch.testing.assert_close(lookahead.slow[0], expected)
-
-
-def test_resume_with_lookahead_is_bit_identical(fashion_root: Path, tmp_path: Path) -> None:
-    settings = ("optim.lookahead_steps=3", "optim.lookahead_alpha=0.5")
-    whole = train(tiny_config(fashion_root, *settings), tmp_path / "whole", log=quiet)
-    stopped = train(tiny_config(fashion_root, *settings, "train.max_steps=4"), tmp_path / "split", log=quiet)
-    assert stopped.step == 4 and load_checkpoint(stopped.last_checkpoint)["lookahead"] is not None
-    resumed = resume(tmp_path / "split", ["train.max_steps=0"], log=quiet)
-    assert whole.step == resumed.step == 6
-    a, b = load_checkpoint(whole.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
-    for key in ("state_dict", "ema_state_dict"):
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
-    assert whole.best_checkpoint is not None
-    assert "lookahead" not in load_checkpoint(whole.best_checkpoint)  # what only a resumed run needs
-    assert "lookahead every 3 steps (alpha 0.5)" in write_report(tmp_path / "whole", explain=False).read_text()
-
-
 def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
     from googlenet.data import eval_split
     from googlenet.run.metrics import ViewAverage
@@ -304,42 +269,6 @@ def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashio
     assert report.result.num_samples == plain.result.num_samples == 300
     assert report.result.loss != plain.result.loss  # the mirrored views changed the predictions
     assert main(["evaluate", str(checkpoint), "--tta", "flip", "--crops", "10"]) == 2
-
-
-def test_flip_shift_tta_averages_ten_views(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
-    from googlenet.data import eval_split
-    from googlenet.run.metrics import ViewAverage, shift_pixels
-
-    assert (shift_pixels(64), shift_pixels(224), shift_pixels(28)) == (2, 7, 1)
-    seen: list[torch.Tensor] = []
-
-    def record(view: torch.Tensor) -> torch.Tensor:
-        seen.append(view)
-        return torch.zeros(view.shape[0], 10)
-
-    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
-    ViewAverage(record, shift=2)(x)
-    assert len(seen) == 10 and all(v.shape == x.shape for v in seen)
-    assert torch.equal(seen[0], x) and torch.equal(seen[1], x.flip(-1))
-    # Moved 2 px left: column j shows column j + 2, the uncovered columns repeat the edge; then its mirror.
-    left = seen[2]
-    assert torch.equal(left[..., :-2], x[..., 2:]) and torch.equal(left[..., -2:], x[..., -1:].expand(-1, -1, -1, 2))
-    assert torch.equal(seen[3], left.flip(-1))
-    # Moved right, up (row i shows row i + 2) and down.
-    assert torch.equal(seen[4][..., 2:], x[..., :-2]) and torch.equal(seen[6][..., :-2, :], x[..., 2:, :])
-    assert torch.equal(seen[8][..., 2:, :], x[..., :-2, :])
-    # On the trained model: the log of the ten views' mean class probabilities, one row per image.
-    checkpoint = finished_run / "checkpoints" / "best.pt"
-    model, prep, _ = model_from_checkpoint(load_checkpoint(checkpoint))
-    images, _ = next(iter(eval_split(tiny_config(fashion_root).data, prep, "val", 0).epoch(0)))
-    tta = ViewAverage(model.eval(), shift=shift_pixels(prep.image_size))
-    with torch.no_grad():
-        by_hand = torch.stack([model(v).softmax(1) for v in tta.views(images)]).mean(0)
-        assert torch.allclose(tta(images).exp(), by_hand, atol=1e-6)
-    cli = ["evaluate", str(checkpoint), "--split", "val", "--tta", "flip-shift", "--backend", "torch"]
-    assert main([*cli, "--out", str(tmp_path)]) == 0
-    written = json.loads((tmp_path / "eval_val.json").read_text())
-    assert written["tta"] == "flip-shift" and written["num_samples"] == 300
 
 
 def test_without_validation_best_pt_is_the_latest_averaged_model(fashion_root: Path, tmp_path: Path) -> None:

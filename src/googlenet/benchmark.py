@@ -37,7 +37,7 @@ from googlenet.engines import (
 )
 from googlenet.errors import GoogLeNetError
 from googlenet.macs import forward_macs
-from googlenet.model import GoogLeNet, create_model, get_variant
+from googlenet.model import AUX_LOSS_WEIGHT, GoogLeNet, create_model, get_variant
 from googlenet.speedups import optimize_for_inference, optimize_for_training
 from googlenet.training.loss import training_loss
 from googlenet.training.optim import FUSED_SGD_DEVICES
@@ -281,9 +281,11 @@ def _train_step(
             if torchvision_outputs:  # torchvision returns a GoogLeNetOutputs tuple in training
                 out = model(x)
                 loss = F.cross_entropy(out.logits, y)
-                loss = loss + 0.3 * (F.cross_entropy(out.aux_logits1, y) + F.cross_entropy(out.aux_logits2, y))
+                loss = loss + AUX_LOSS_WEIGHT * (
+                    F.cross_entropy(out.aux_logits1, y) + F.cross_entropy(out.aux_logits2, y)
+                )
             else:
-                loss, _ = loss_fn(model, x, y, aux_weight=0.3, label_smoothing=0.0)
+                loss, _ = loss_fn(model, x, y, aux_weight=AUX_LOSS_WEIGHT, label_smoothing=0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()

@@ -274,6 +274,7 @@ class GoogLeNet(nn.Module):
         num_classes: int = 1000,
         in_channels: int | None = None,
         aux: bool = True,
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
         if in_channels is None:
@@ -329,7 +330,7 @@ class GoogLeNet(nn.Module):
             self.aux2 = self._make_aux(self.inception4d.out_channels, num_classes)
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # the paper's 7x7/1 average pool at 224 px
-        self.dropout = nn.Dropout(spec.dropout)
+        self.dropout = nn.Dropout(spec.dropout if dropout is None else dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights()
 
@@ -424,6 +425,11 @@ class GoogLeNet(nn.Module):
         features, aux1, aux2 = self._forward_features(x, with_aux=True)
         return self.forward_head(features), aux1, aux2
 
+    def drop_aux(self) -> None:
+        """Remove the auxiliary classifiers: inference never uses them, and a model without them is smaller."""
+        self.aux1 = self.aux2 = None
+        self.has_aux = False
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier (and the auxiliary classifiers' last layers) for num_classes classes."""
         if num_classes < 1:
@@ -451,10 +457,19 @@ def get_variant(name: str) -> VariantSpec:
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_channels: int | None = None, aux: bool = True) -> GoogLeNet:
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_channels: int | None = None,
+    aux: bool = True,
+    dropout: float | None = None,
+) -> GoogLeNet:
     """Build a registered GoogLeNet variant with fresh weights; ``in_channels`` defaults to the variant's
-    (1 for ``small``, 3 for the others)."""
-    return GoogLeNet(get_variant(name), num_classes=num_classes, in_channels=in_channels, aux=aux)
+    (1 for ``small``, 3 for the others), ``dropout`` (the main classifier's) to the variant's (0.4 in the
+    paper, 0.2 in torchvision)."""
+    spec = get_variant(name)
+    return GoogLeNet(spec, num_classes=num_classes, in_channels=in_channels, aux=aux, dropout=dropout)
 
 
 def count_parameters(module: nn.Module) -> int:

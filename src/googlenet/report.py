@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from googlenet.data import DataError
 from googlenet.errors import GoogLeNetError
@@ -13,27 +12,7 @@ from googlenet.files import atomic_write_text
 from googlenet.plots import curves_png
 from googlenet.run.checkpoint import load_checkpoint
 from googlenet.run.metrics import TTA_NAMES
-
-
-def read_history(run: Path) -> list[dict[str, Any]]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise DataError(f"{run} is not a training run folder: it has no metrics.jsonl")
-    try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is damaged: {error}") from None
-
-
-def read_steps(run: Path) -> list[dict[str, Any]]:
-    """steps.jsonl: training loss, accuracy and lr every few dozen steps; empty for runs that did not log it."""
-    path = run / "steps.jsonl"
-    if not path.is_file():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is damaged: {error}") from None
+from googlenet.run.records import read_history, read_steps
 
 
 def _settings(run: Path) -> list[str]:
@@ -58,16 +37,11 @@ def _settings(run: Path) -> list[str]:
         + (f", random erasing {d['erase']}" if d.get("erase") else ""),  # older runs have no erase key
         f"- model: `{m['name']}`, auxiliary heads {'on' if m['aux'] else 'off'} (loss weight {m['aux_weight']})",
         f"- optimizer: SGD lr {o['lr']}, momentum {o['momentum']} (Nesterov {o['nesterov']}), "
-        f"weight decay {o['weight_decay']}, label smoothing {o['label_smoothing']}" + _lookahead_text(o),
+        f"weight decay {o['weight_decay']}, label smoothing {o['label_smoothing']}",
         f"- schedule: {s['name']}, warm-up {s['warmup_epochs']} epochs; {length}, "
         f"{t['precision']}, EMA decay {t['ema_decay']}",
         "",
     ]
-
-
-def _lookahead_text(optim: dict[str, Any]) -> str:
-    steps = optim.get("lookahead_steps", 0)  # older runs have no lookahead keys
-    return f", lookahead every {steps} steps (alpha {optim['lookahead_alpha']})" if steps else ""
 
 
 def _evaluations(run: Path) -> list[str]:

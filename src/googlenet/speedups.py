@@ -302,8 +302,7 @@ def optimize_for_inference(model: GoogLeNet, *, channels_last: bool = True) -> G
     eval mode, optionally channels_last. Its outputs equal the eval-mode model's within float rounding.
     ``model`` may be plain or already passed through ``optimize_for_training``."""
     fast = copy.deepcopy(model).eval()
-    fast.aux1 = fast.aux2 = None
-    fast.has_aux = False
+    fast.drop_aux()
     for module in list(fast.modules()):
         if isinstance(module, (ConvBlock, PooledConvBlock)):
             fold_batchnorm(module)

@@ -14,10 +14,9 @@ def register(commands: Commands) -> None:
     parser.add_argument("--crops", type=int, choices=(1, 10, 144), default=1, help="views per image (the paper's)")
     parser.add_argument(
         "--tta",
-        choices=("none", "flip", "flip-shift"),
+        choices=("none", "flip"),
         default="none",
-        help="test-time augmentation: flip averages each image with its mirror image; flip-shift also with the "
-        "image shifted 1/32 of its side up, down, left and right, each mirrored (10 views) (default: none)",
+        help="test-time augmentation: flip averages each image with its mirror image (default: none)",
     )
     parser.add_argument(
         "--heads",

@@ -75,8 +75,7 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Metrics of ``checkpoint`` on ``split``, run by ``backend`` (a name, or "auto" to measure) at
     ``precision``; int8 is calibrated on the first CALIBRATION_IMAGES training images. ``tta="flip"``
-    averages each image's prediction with its mirror image's; ``"flip-shift"`` also with four shifted views
-    and their mirror images (10 views)."""
+    averages each image's prediction with its mirror image's."""
     check_choice(backend, precision)
     if tta not in TTA_CHOICES:
         raise ValueError(f"tta must be one of {', '.join(TTA_CHOICES)}; got {tta!r}")
@@ -101,7 +100,7 @@ def evaluate_checkpoint(
     def bar(stream: Any, total: int) -> Any:
         return tqdm(stream, total=total, desc=f"evaluate {split}", disable=not progress, leave=False)
 
-    scorer = tta_scorer(engine, tta, prep.image_size)
+    scorer = tta_scorer(engine, tta)
     result = evaluate_batches(scorer, batches, len(class_names), progress=bar)
     report = EvalReport(
         checkpoint=checkpoint,

@@ -105,8 +105,7 @@ def model_from_checkpoint(
         summary = str(error).splitlines()[0]
         raise CheckpointError(f"checkpoint weights do not fit the {name} model they claim: {summary}") from None
     if has_aux and not aux:
-        model.aux1 = model.aux2 = None
-        model.has_aux = False
+        model.drop_aux()
     classes = list(payload["class_names"])
     if len(classes) != model.num_classes:
         raise CheckpointError(f"checkpoint has {len(classes)} class names for {model.num_classes} outputs")

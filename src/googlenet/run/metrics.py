@@ -26,55 +26,32 @@ class EvalResult:
         return {f"{prefix}loss": self.loss, f"{prefix}top1": self.top1, f"{prefix}top5": self.top5}
 
 
-TTA_CHOICES = ("none", "flip", "flip-shift")
-TTA_NAMES = {"none": "", "flip": "flip test-time augmentation", "flip-shift": "flip + shift test-time augmentation"}
+TTA_CHOICES = ("none", "flip")
+TTA_NAMES = {"none": "", "flip": "flip test-time augmentation"}
 
 
 class ViewAverage(nn.Module):
-    """Test-time augmentation, the paper's multi-crop idea for small images: the class probabilities of
-    several views of each image, averaged. Returns their log, so that cross-entropy on it is the loss of the
-    averaged prediction and argmax is its top-1. ``shift`` 0: the image and its mirror image (flip TTA);
-    otherwise also the image moved ``shift`` pixels up, down, left and right, each mirrored too (10 views),
-    the edge pixels repeated into the space uncovered: the small shifts that training's crop augmentation
-    taught the network."""
+    """Flip test-time augmentation, the paper's multi-crop idea at its smallest: the class probabilities of
+    each image and its mirror image, averaged. Returns their log, so that cross-entropy on it is the loss of
+    the averaged prediction and argmax is its top-1."""
 
-    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor], shift: int = 0) -> None:
+    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor]) -> None:
         super().__init__()
         self.model = model
-        self.shift = shift
 
     def views(self, x: Tensor) -> Iterator[Tensor]:
         yield x
         yield x.flip(-1)
-        k = self.shift
-        if not k:
-            return
-        padded = F.pad(x, (k, k, k, k), mode="replicate")
-        h, w = x.shape[-2:]
-        for dx, dy in ((k, 0), (-k, 0), (0, k), (0, -k)):
-            view = padded[..., k + dy : k + dy + h, k + dx : k + dx + w].contiguous()
-            yield view
-            yield view.flip(-1)
 
     def forward(self, x: Tensor) -> Tensor:
         probabilities = [self.model(view).float().softmax(1) for view in self.views(x)]
         return torch.stack(probabilities).mean(0).log()
 
 
-def shift_pixels(image_size: int) -> int:
-    """The flip-shift views' shift: 1/32 of the side, 2 px at 64 (about one pixel of a 28-px Fashion-MNIST
-    image, half of training's `crop_padding = 2` with `augment = "flip-crop"`), 7 px at 224."""
-    return max(1, round(image_size / 32))
-
-
-def tta_scorer(
-    engine: nn.Module | Callable[[Tensor], Tensor], tta: str, image_size: int
-) -> nn.Module | Callable[[Tensor], Tensor]:
+def tta_scorer(engine: nn.Module | Callable[[Tensor], Tensor], tta: str) -> nn.Module | Callable[[Tensor], Tensor]:
     """``engine`` wrapped in test-time augmentation ``tta``, one of TTA_CHOICES (evaluate_checkpoint has
     checked it before loading anything)."""
-    if tta == "none":
-        return engine
-    return ViewAverage(engine, shift_pixels(image_size) if tta == "flip-shift" else 0)
+    return engine if tta == "none" else ViewAverage(engine)
 
 
 @torch.no_grad()

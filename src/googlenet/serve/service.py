@@ -23,8 +23,8 @@ from googlenet.explain.cam import class_activation_maps, normalise, upsample
 from googlenet.explain.layers import BRANCHES, MODULE_KEYS
 from googlenet.explain.run import pixels as seen_pixels
 from googlenet.model import count_parameters, create_model
-from googlenet.report import read_history
 from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint, run_folder
+from googlenet.run.records import read_history
 from googlenet.summary import format_json, summarize
 
 

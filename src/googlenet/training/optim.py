@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from googlenet.config import Config, ConfigError
@@ -99,36 +99,6 @@ def build_ema(model: nn.Module, decay: float) -> WarmupEMA | None:
     if decay <= 0:
         return None
     return WarmupEMA(model, decay)
-
-
-class Lookahead:
-    """Lookahead (Zhang et al., 2019) around any optimizer: slow weights, kept apart, follow the model's every
-    ``steps`` optimizer steps by ``alpha`` of the distance, and the model restarts from them. The optimizer's
-    own state (momentum) is left as it is, as in the paper's default."""
-
-    def __init__(self, model: nn.Module, steps: int, alpha: float) -> None:
-        self.params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
-        self.slow = [p.detach().clone() for p in self.params]
-        self.steps, self.alpha = steps, alpha
-
-    @torch.no_grad()
-    def after_step(self, step: int) -> None:
-        """Call after optimizer step number ``step`` (counted from 1)."""
-        if step % self.steps == 0:
-            torch._foreach_lerp_(self.slow, self.params, self.alpha)
-            torch._foreach_copy_(self.params, self.slow)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"slow": [t.clone() for t in self.slow]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.slow, list(state["slow"]))
-
-
-def build_lookahead(model: nn.Module, cfg: Config) -> Lookahead | None:
-    steps = cfg.optim.lookahead_steps
-    return Lookahead(model, steps, cfg.optim.lookahead_alpha) if steps > 0 else None
 
 
 def initialise_from(model: GoogLeNet, payload: dict[str, Any], source: str) -> str:
