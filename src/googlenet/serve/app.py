@@ -10,71 +10,21 @@
 
 Every refusal is a 4xx JSON ``{"error": "..."}`` naming what was wrong; nothing a client sends names a file
 on the server. FastAPI is the [serve] extra, imported by :func:`create_app` (so importing this module needs
-nothing optional). The routes are defined inside it, without postponed annotations, so that FastAPI reads
-their parameter types directly.
+nothing optional); the routes and their handlers are in googlenet.serve.routes, which it imports.
 """
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from googlenet.extras import require
 from googlenet.serve.batcher import DynamicBatcher
-from googlenet.serve.images import UploadError, check_content_type, decode_image
+from googlenet.serve.images import UploadError
 from googlenet.serve.service import ModelService, ServeSettings
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI, Request
-
-STATIC = resources.files("googlenet.serve") / "static"
-
-
-async def _read_body(request: "Request", limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes ``limit`` bytes (never read whole first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadError(413, f"the body is {int(declared):,} bytes; the limit is {limit:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadError(413, f"the body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _uploads(request: "Request", settings: ServeSettings) -> list[tuple[str | None, bytes]]:
-    """(file name, bytes) of each image in the request: the raw body, or every file of a multipart form."""
-    from starlette.datastructures import UploadFile
-
-    content_type = request.headers.get("content-type", "")
-    if content_type.lower().startswith("multipart/form-data"):
-        try:
-            async with request.form(max_files=settings.max_files, max_fields=settings.max_files) as form:
-                files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-                if not files:
-                    raise UploadError(
-                        400, "the multipart form has no files: send images as form files (e.g. -F file=@x.jpg)"
-                    )
-                uploads = []
-                for part in files:
-                    name = part.filename or None
-                    check_content_type(part.content_type, f"file {name!r}")
-                    data = await part.read(settings.max_bytes + 1)
-                    if len(data) > settings.max_bytes:
-                        raise UploadError(413, f"file {name!r} is over the limit of {settings.max_bytes:,} bytes")
-                    uploads.append((name, data))
-        except UploadError:  # ours, or the body limit reached while the form was read
-            raise
-        except Exception as error:  # starlette's MultiPartException and parser errors: the client's form
-            raise UploadError(400, f"the multipart form could not be read: {error}") from None
-        return uploads
-    check_content_type(content_type)
-    return [(None, await _read_body(request, settings.max_bytes))]
+    from fastapi import FastAPI
 
 
 class BodyLimit:
@@ -114,11 +64,10 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     """The application for ``checkpoint``; run it with uvicorn (``googlenet serve`` does)."""
     require("fastapi", "serve", "googlenet serve")
     require("multipart", "serve", "googlenet serve")  # python-multipart: FastAPI's form parser
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from googlenet.serve.routes import STATIC, add_error_handlers, router
 
     settings = settings or ServeSettings()
     service = ModelService(checkpoint, settings)
@@ -141,115 +90,6 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     # Every file may be max_bytes; the form's boundaries and headers get a little room on top.
     app.add_middleware(BodyLimit, limit=settings.max_bytes * settings.max_files + 2**20)
-
-    @app.exception_handler(UploadError)
-    async def refused(_request: Request, error: UploadError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=error.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
-
-    classes = len(service.class_names)
-
-    def top_k_of(request: Request) -> int:
-        """?top_k= from 1 up; more than the model's classes gives all of them."""
-        raw = request.query_params.get("top_k", str(settings.top_k))
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and int(raw) >= 1):
-            raise UploadError(422, f"top_k must be a whole number from 1 to {classes}; got {raw[:20]!r}")
-        return min(int(raw), classes)
-
-    def decode(name: str | None, data: bytes) -> Any:
-        label = f"file {name!r}" if name else "the image"
-        prep = service.prep
-        image = decode_image(
-            data, prep.in_channels, max_pixels=settings.max_pixels, shorter_side=prep.resize, name=label
-        )
-        try:
-            return service.preprocess(image)
-        except (ValueError, OSError, MemoryError) as error:
-            raise UploadError(422, f"{label} could not be preprocessed: {error}") from None
-
-    async def decoded(name: str | None, data: bytes) -> Any:
-        # Off the event loop: a large JPEG takes milliseconds to decode, and other requests keep arriving.
-        return await asyncio.to_thread(decode, name, data)
-
-    image_body = {
-        "requestBody": {
-            "content": {
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    }
-                },
-            },
-            "required": True,
-        }
-    }
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return (STATIC / "index.html").read_text(encoding="utf-8")
-
-    @app.get("/healthz")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "variant": service.info["variant"], "engine": service.engine.name}
-
-    @app.get("/v1/model")
-    async def model_card() -> dict[str, Any]:
-        return {**service.info, "batching": {"max_batch": batcher.max_batch, "wait_ms": settings.wait_ms}}
-
-    @app.post("/v1/predict", openapi_extra=image_body)
-    async def predict(request: Request) -> dict[str, Any]:
-        """Top-k classes for one image (raw body, Content-Type image/*) or several (multipart form files)."""
-        started = time.perf_counter()
-        k = top_k_of(request)
-        uploads = await _uploads(request, settings)
-        tensors = await asyncio.gather(*(decoded(name, data) for name, data in uploads))
-        decoded_at = time.perf_counter()
-        answers = await asyncio.gather(*(batcher.submit(x) for x in tensors))
-        predictions = []
-        for (name, _), answer in zip(uploads, answers, strict=True):
-            values, indices = answer.probabilities.topk(k)
-            predictions.append(
-                {
-                    "file": name,
-                    "top": [
-                        {"class": service.class_names[i], "probability": round(p, 6)}
-                        for i, p in zip(indices.tolist(), values.tolist(), strict=True)
-                    ],
-                    "batch_size": answer.batch_size,
-                }
-            )
-        done = time.perf_counter()
-        return {
-            "predictions": predictions,
-            "engine": service.engine.name,
-            "timing_ms": {
-                "decode": round((decoded_at - started) * 1000, 2),
-                "queue": round(max(a.queued_ms for a in answers), 2),
-                "model": round(max(a.run_ms for a in answers), 2),
-                "total": round((done - started) * 1000, 2),
-            },
-        }
-
-    @app.post("/v1/explain", openapi_extra=image_body)
-    async def explain(request: Request) -> dict[str, Any]:
-        """One image: top-k from the fp32 model, its exact class activation map (a PNG data URL), branch shares."""
-        started = time.perf_counter()
-        k = top_k_of(request)
-        uploads = await _uploads(request, settings)
-        if len(uploads) != 1:
-            raise UploadError(400, f"explain takes one image; got {len(uploads)}")
-        x = await decoded(*uploads[0])
-        result = await batcher.call(service.explain, x, k)
-        return {**result, "timing_ms": {"total": round((time.perf_counter() - started) * 1000, 2)}}
-
+    add_error_handlers(app)
+    app.include_router(router)
     return app
