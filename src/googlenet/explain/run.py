@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from googlenet.data import Batches, Preprocessing, collect_images
-from googlenet.explain.branches import ClassShareAccumulator, ClassShares, branch_shares
-from googlenet.explain.cam import class_activation_maps, grad_cam, normalise, top_k, upsample
+from googlenet.explain.branches import BranchShares, ClassShareAccumulator, ClassShares, branch_shares
+from googlenet.explain.cam import TopK, class_activation_maps, grad_cam, normalise, top_k, upsample
 from googlenet.explain.early_exits import HeadAccuracy, head_accuracy
 from googlenet.explain.figures import GridCell, Panel, branch_shares_png, cam_grid_png, overlay_png
 from googlenet.explain.layers import MODULE_KEYS, resolve_layer
@@ -65,7 +65,39 @@ def _unique_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
-def explain_images(
+@dataclass
+class BatchExplanation:
+    """What the model shows for one batch of images: its top classes, the exact CAMs and the Grad-CAMs (raw and
+    scaled to 0-1 over the image), the branch shares, and the images as pixels."""
+
+    best: TopK
+    cams: Tensor  # (n, k, h, w): exact CAM in logit units
+    grads: Tensor  # (n, k, h', w'): Grad-CAM at the chosen layer
+    cam_heat: Tensor  # (n, k, H, W): cams upsampled to the image and normalised
+    grad_heat: Tensor  # (n, k, H, W)
+    shares: BranchShares
+    images: Tensor  # (n, H, W, C) pixels for drawing
+
+    def labels(self, i: int, class_names: list[str]) -> list[tuple[str, float]]:
+        """(class name, probability) of image ``i``'s top classes."""
+        classes, probabilities = self.best.classes[i].tolist(), self.best.probabilities[i].tolist()
+        return [(class_names[c], p) for c, p in zip(classes, probabilities, strict=True)]
+
+
+def explain_batch(
+    model: GoogLeNet, x: Tensor, prep: Preprocessing, k: int, layer: str, method: str
+) -> BatchExplanation:
+    """Compute, draw nothing: the top ``k`` classes of ``x`` with their CAMs and ``method`` maps at ``layer``."""
+    model.check_input(x)
+    best = top_k(model, x, k)
+    size = (x.shape[2], x.shape[3])
+    cams = class_activation_maps(model, x, best.classes)
+    grads = grad_cam(model, x, layer, best.classes, method)
+    cam_heat, grad_heat = normalise(upsample(cams, size)), normalise(upsample(grads, size))
+    return BatchExplanation(best, cams, grads, cam_heat, grad_heat, branch_shares(model, x), pixels(x, prep))
+
+
+def explain_images(  # eight arguments: the image sources and output, then keyword-only `googlenet explain` flags
     checkpoint: str | Path,
     paths: Sequence[str | Path],
     out: str | Path,
@@ -79,8 +111,7 @@ def explain_images(
     """Explain each image of ``paths`` (files or folders) with the checkpoint's model; see the module doc."""
     for module in ("captum", "matplotlib"):  # before any work: Grad-CAM and the pictures are the output
         require(module, "explain", "googlenet explain")
-    payload = load_checkpoint(checkpoint)
-    model, prep, class_names = model_from_checkpoint(payload)
+    model, prep, class_names = model_from_checkpoint(load_checkpoint(checkpoint))
     layer_path = resolve_layer(model, layer)  # a bad name fails before any image is read
     files = collect_images(paths)
     out = writable_dir(out)
@@ -89,72 +120,22 @@ def explain_images(
     results: list[ImageExplanation] = []
     records: list[dict[str, Any]] = []
     energy_sum = torch.zeros(len(MODULE_KEYS), 4)
-    attribution_sum = torch.zeros_like(energy_sum)
-    channels = torch.zeros_like(energy_sum)
+    attribution_sum, channels = torch.zeros_like(energy_sum), torch.zeros_like(energy_sum)
     starts = range(0, len(files), batch_size)
     for start in progress(starts, len(starts), "explain"):
         chunk = files[start : start + batch_size]
-        x = torch.stack([prep.load_image(f) for f in chunk])
-        model.check_input(x)
-        best = top_k(model, x, k)
-        size = (x.shape[2], x.shape[3])
-        cams = class_activation_maps(model, x, best.classes)  # (n, k, h, w) in logit units
-        grads = grad_cam(model, x, layer_path, best.classes, method)  # (n, k, h', w')
-        shares = branch_shares(model, x)
-        cam_heat, grad_heat = normalise(upsample(cams, size)), normalise(upsample(grads, size))
-        images = pixels(x, prep)
-        energy_sum += shares.energy.sum(0)
-        attribution_sum += shares.attribution.sum(0)
-        channels = shares.channels
+        batch = explain_batch(model, torch.stack([prep.load_image(f) for f in chunk]), prep, k, layer_path, method)
+        energy_sum += batch.shares.energy.sum(0)
+        attribution_sum += batch.shares.attribution.sum(0)
+        channels = batch.shares.channels
         for i, f in enumerate(chunk):
-            name = names[start + i]
-            labels = [
-                (class_names[c], p)
-                for c, p in zip(best.classes[i].tolist(), best.probabilities[i].tolist(), strict=True)
-            ]
-            overlay, maps = out / f"{name}.png", out / f"{name}.npz"
-            overlay_png(
-                images[i],
-                [
-                    (
-                        "CAM (exact, inception5b)",
-                        [Panel(f"{c} {p:.1%}", cam_heat[i, j]) for j, (c, p) in enumerate(labels)],
-                    ),
-                    (
-                        f"{method} at {layer_path}",
-                        [Panel(f"{c} {p:.1%}", grad_heat[i, j]) for j, (c, p) in enumerate(labels)],
-                    ),
-                ],
-                overlay,
-                f"{f.name}: {labels[0][0]} ({labels[0][1]:.1%})",
-            )
-            arrays = {
-                "classes": best.classes[i].numpy(),
-                "probabilities": best.probabilities[i].numpy(),
-                "cam": cams[i].float().numpy(),
-                "grad_cam": grads[i].numpy(),
-                "branch_energy": shares.energy[i].numpy(),
-                "branch_attribution": shares.attribution[i].numpy(),
-            }
-            atomic_write(maps, lambda tmp, arrays=arrays: _save_arrays(tmp, arrays))  # type: ignore[misc]
-            results.append(ImageExplanation(f, labels, overlay, maps))
-            records.append(
-                {
-                    "path": str(f),
-                    "top": [{"class": c, "probability": round(p, 6)} for c, p in labels],
-                    "overlay": overlay.name,
-                    "maps": maps.name,
-                    "branch_shares": _share_table(shares.energy[i], shares.attribution[i]),
-                }
-            )
+            labels = batch.labels(i, class_names)
+            result = _write_image(batch, i, f, out / names[start + i], labels, f"{method} at {layer_path}")
+            results.append(result)
+            records.append(_image_record(result, batch, i))
     count = max(1, len(files))
-    branch_shares_png(
-        energy_sum / count,
-        attribution_sum / count,
-        channels,
-        out / "branch_shares.png",
-        f"branch shares over {len(files)} image(s)",
-    )
+    title = f"branch shares over {len(files)} image(s)"
+    branch_shares_png(energy_sum / count, attribution_sum / count, channels, out / "branch_shares.png", title)
     summary = {
         "checkpoint": str(checkpoint),
         "layer": layer_path,
@@ -164,6 +145,39 @@ def explain_images(
     }
     atomic_write_text(out / "explanations.json", json.dumps(summary, indent=2))
     return results
+
+
+def _write_image(
+    batch: BatchExplanation, i: int, source: Path, stem: Path, labels: list[tuple[str, float]], grad_title: str
+) -> ImageExplanation:  # six arguments: one image of a batch, where it came from and goes, and its titles
+    """STEM.png (the image under both maps, per top class) and STEM.npz (the raw maps) for image ``i``."""
+    overlay, maps = stem.with_suffix(".png"), stem.with_suffix(".npz")
+    rows = [
+        ("CAM (exact, inception5b)", [Panel(f"{c} {p:.1%}", batch.cam_heat[i, j]) for j, (c, p) in enumerate(labels)]),
+        (grad_title, [Panel(f"{c} {p:.1%}", batch.grad_heat[i, j]) for j, (c, p) in enumerate(labels)]),
+    ]
+    overlay_png(batch.images[i], rows, overlay, f"{source.name}: {labels[0][0]} ({labels[0][1]:.1%})")
+    arrays = {
+        "classes": batch.best.classes[i].numpy(),
+        "probabilities": batch.best.probabilities[i].numpy(),
+        "cam": batch.cams[i].float().numpy(),
+        "grad_cam": batch.grads[i].numpy(),
+        "branch_energy": batch.shares.energy[i].numpy(),
+        "branch_attribution": batch.shares.attribution[i].numpy(),
+    }
+    atomic_write(maps, lambda tmp: _save_arrays(tmp, arrays))
+    return ImageExplanation(source, labels, overlay, maps)
+
+
+def _image_record(result: ImageExplanation, batch: BatchExplanation, i: int) -> dict[str, Any]:
+    """One image's entry of explanations.json."""
+    return {
+        "path": str(result.path),
+        "top": [{"class": c, "probability": round(p, 6)} for c, p in result.top],
+        "overlay": result.overlay.name,
+        "maps": result.maps.name,
+        "branch_shares": _share_table(batch.shares.energy[i], batch.shares.attribution[i]),
+    }
 
 
 def _save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
