@@ -256,7 +256,7 @@ def _inference_cases(opts: BenchmarkOptions, engines: list[str], log: Callable[[
     return cases
 
 
-def _train_step(
+def _train_step(  # the step's parts, as the loop holds them
     model: nn.Module,
     x: Tensor,
     y: Tensor,

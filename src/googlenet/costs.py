@@ -184,34 +184,36 @@ def _m(macs: int) -> str:
     return f"{macs / 1e6:,.1f}M"
 
 
-def format_text(report: CostReport, markdown: bool = False) -> str:
-    header = [
-        "module",
-        "input",
-        *(f"naive {b}" for b in BRANCH_LABELS),
-        "naive total",
-        *(f"reduced {b}" for b in BRANCH_LABELS),
-        "reduced total",
-        "saving",
-        "naive out C",
-        "params naive -> reduced",
+COST_HEADER = [
+    "module",
+    "input",
+    *(f"naive {b}" for b in BRANCH_LABELS),
+    "naive total",
+    *(f"reduced {b}" for b in BRANCH_LABELS),
+    "reduced total",
+    "saving",
+    "naive out C",
+    "params naive -> reduced",
+]
+
+
+def _cost_row(m: ModuleCost) -> list[str]:
+    c, h, w = m.input_shape
+    return [
+        m.name.removeprefix("inception"),
+        f"{h}x{w}x{c}",
+        *map(_m, m.naive_branch_macs),
+        _m(m.naive_macs),
+        *map(_m, m.reduced_branch_macs),
+        _m(m.reduced_macs),
+        f"{m.naive_macs / m.reduced_macs:.1f}x",
+        str(m.naive_out_channels),
+        f"{m.naive_params:,} -> {m.reduced_params:,}",
     ]
-    rows = []
-    for m in report.modules:
-        c, h, w = m.input_shape
-        rows.append(
-            [
-                m.name.removeprefix("inception"),
-                f"{h}x{w}x{c}",
-                *map(_m, m.naive_branch_macs),
-                _m(m.naive_macs),
-                *map(_m, m.reduced_branch_macs),
-                _m(m.reduced_macs),
-                f"{m.naive_macs / m.reduced_macs:.1f}x",
-                str(m.naive_out_channels),
-                f"{m.naive_params:,} -> {m.reduced_params:,}",
-            ]
-        )
+
+
+def format_text(report: CostReport, markdown: bool = False) -> str:
+    header, rows = COST_HEADER, [_cost_row(m) for m in report.modules]
     total_naive = sum(m.naive_macs for m in report.modules)
     total_reduced = sum(m.reduced_macs for m in report.modules)
     title = (

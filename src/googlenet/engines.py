@@ -245,7 +245,7 @@ def _quantize(graph: Any, calibration: Iterable[Tensor]) -> Any:
         return nncf.quantize(graph, nncf.Dataset(batches), subset_size=images)
 
 
-def _fastest(
+def _fastest(  # select_engine's inputs, passed on whole
     model: GoogLeNet,
     backends: list[str],
     precision: str,
@@ -282,7 +282,7 @@ ONNX_MIN_MACS = 2 * 10**13
 PROBE_IMAGES = 64  # enough to rank engines; more makes the measurement cost more than it saves
 
 
-def select_engine(
+def select_engine(  # the model and choice, then keyword-only facts the choice needs
     model: GoogLeNet,
     backend: str,
     precision: str,

@@ -267,7 +267,7 @@ class AuxHead(nn.Module):
 class GoogLeNet(nn.Module):
     """The 22-layer network of Table 1, in the variant that ``spec`` describes."""
 
-    def __init__(
+    def __init__(  # one statement per row of Table 1, in the paper's order: it reads against the table
         self,
         spec: VariantSpec,
         *,

@@ -29,7 +29,7 @@ def save_figure(fig: Any, path: str | Path) -> None:
 Item = TypeVar("Item")
 
 
-def labelled_grid_png(
+def labelled_grid_png(  # the grid, its labels and keyword-only layout options
     rows: Sequence[tuple[str, Sequence[Item]]],
     draw: Callable[[Any, Item], None],
     path: str | Path,

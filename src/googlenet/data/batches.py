@@ -51,7 +51,7 @@ class TensorBatches:
     batches are then cut, augmented and normalised: the random draws stay on the CPU's generator (the same
     batches on any device) and travel as a few small asynchronous copies."""
 
-    def __init__(
+    def __init__(  # the split's tensors, then keyword-only augmentation settings
         self,
         images: Tensor,
         labels: Tensor,
@@ -207,7 +207,7 @@ class EpochSampler(Sampler[int]):
 class LoaderBatches:
     """A split of an image folder through a DataLoader (workers, pinned memory for CUDA)."""
 
-    def __init__(
+    def __init__(  # the dataset, then the DataLoader's settings
         self,
         dataset: Dataset[Any],
         batch_size: int,

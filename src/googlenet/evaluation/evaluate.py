@@ -61,7 +61,7 @@ def calibration_batches(config: Config, prep: Preprocessing) -> list[Tensor]:
     return list(itertools.islice((x for x, _ in train.epoch(0)), -(-CALIBRATION_IMAGES // per_batch)))
 
 
-def evaluate_checkpoint(
+def evaluate_checkpoint(  # nine arguments: the checkpoint, then keyword-only `googlenet evaluate` flags
     checkpoint: str | Path,
     *,
     split: str = "test",
@@ -113,16 +113,23 @@ def evaluate_checkpoint(
         engine=how,
         tta=tta,
     )
+    _write(report, Path(json_path) if json_path else None)
+    return report
+
+
+def _write(report: EvalReport, json_path: Path | None) -> None:
+    """eval_SPLIT.json (and a copy at ``json_path``) and the confusion matrix picture beside it."""
     text = json.dumps(report.as_dict(), indent=2)
-    for path in {report.json_path, *([Path(json_path)] if json_path else [])}:
+    for path in {report.json_path, *([json_path] if json_path else [])}:
         atomic_write_text(path, text)
-    title = f"{split}: top-1 {result.top1:.4f} over {result.num_samples:,} images"
-    title += f", {tta} TTA" if tta != "none" else ""
+    result = report.result
+    title = f"{report.split}: top-1 {result.top1:.4f} over {result.num_samples:,} images"
+    title += f", {report.tta} TTA" if report.tta != "none" else ""
+    assert report.confusion_path is not None
     try:
-        confusion_png(result.confusion, class_names, out / f"confusion_{split}.png", title)
+        confusion_png(result.confusion, report.class_names, report.confusion_path, title)
     except MissingExtraError as error:  # the metrics are the result; the picture is a bonus
         report.confusion_path, report.confusion_note = None, f"no confusion matrix picture: {error}"
-    return report
 
 
 def format_result(report: EvalReport) -> str:

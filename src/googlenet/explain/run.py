@@ -274,7 +274,7 @@ def early_exits(
     return head_accuracy(data.model, stream, data.class_names)
 
 
-def explain_split(
+def explain_split(  # the split, then keyword-only `googlenet explain --split` flags
     checkpoint: str | Path,
     split: str,
     out: str | Path,

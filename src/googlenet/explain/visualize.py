@@ -158,7 +158,7 @@ def _normalise(image: Tensor, mean: list[float], std: list[float]) -> Tensor:
     return (image - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
-def visualize_feature(
+def visualize_feature(  # keyword-only knobs, each a `googlenet visualize` flag
     model: GoogLeNet,
     layer: str,
     *,
@@ -175,7 +175,7 @@ def visualize_feature(
         return _optimise_image(model, layer, channel, image_size, mean, std, steps, lr, seed)
 
 
-def _optimise_image(
+def _optimise_image(  # the optimisation's knobs, each a CLI flag
     model: GoogLeNet,
     layer: str,
     channel: int | None,
@@ -204,7 +204,7 @@ def _optimise_image(
     return Visualisation(image[0].detach(), objective.path, objective.channel, start, end)
 
 
-def deep_dream(
+def deep_dream(  # keyword-only knobs, each a `googlenet visualize` flag
     model: GoogLeNet,
     image: Tensor,
     layer: str,
@@ -225,7 +225,7 @@ def deep_dream(
         return _dream(model, image, layer, channel, mean, std, steps, octaves, octave_scale, step_size, seed)
 
 
-def _dream(
+def _dream(  # deep_dream's knobs, passed on whole
     model: GoogLeNet,
     image: Tensor,
     layer: str,

@@ -160,7 +160,7 @@ def max_pool2d(x: Tensor, pool: nn.MaxPool2d, *, relu: bool = False) -> Tensor:
 
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
-    def forward(
+    def forward(  # an autograd op: the tensors it needs, as ATen's
         ctx: Any,
         x: Tensor,
         weight: Tensor,
@@ -184,7 +184,7 @@ class _BatchNormReLU(torch.autograd.Function):
         return dx, dw, db, None, None, None, None
 
 
-def batch_norm_relu(
+def batch_norm_relu(  # an autograd op: the tensors it needs, as ATen's
     x: Tensor,
     running_mean: Tensor,
     running_var: Tensor,

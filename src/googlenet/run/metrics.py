@@ -81,7 +81,7 @@ def predict_logits(
         model.train(was_training)
 
 
-def evaluate_batches(
+def evaluate_batches(  # what to run on what, then keyword-only run settings
     model: nn.Module | Callable[[Tensor], Tensor],
     batches: Batches,
     num_classes: int,
