@@ -372,9 +372,10 @@ def test_16_bit_images_keep_their_contrast(tmp_path: Path) -> None:
     assert pixels.min() == 0 and pixels.max() == 255  # scaled, not clipped to white
 
 
-def test_real_grayscale_photographs_convert_to_rgb(shared_data: Path) -> None:
+def test_grayscale_photographs_convert_to_rgb(photos: list[Path]) -> None:
     from googlenet.data import open_image
 
-    for path in sorted((shared_data / "imagenet-sample").iterdir()):
+    assert any(Image.open(path).mode == "L" for path in photos)  # the sample holds grayscale JPEGs
+    for path in photos:
         image = open_image(path, 3)
         assert image.mode == "RGB" and min(image.size) > 0

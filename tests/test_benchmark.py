@@ -63,6 +63,8 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
 
 
 def test_agreement_on_a_checkpoints_test_split(tmp_path: Path) -> None:
+    for engine in ("onnxruntime", "openvino", "nncf"):  # the [deploy] extra
+        pytest.importorskip(engine)
     config = Config()
     root = make_folder(tmp_path / "images")
     shutil.copytree(root / "val", root / "test")
@@ -86,8 +88,9 @@ def test_agreement_on_a_checkpoints_test_split(tmp_path: Path) -> None:
         "openvino bf16",
         "openvino int8",
     }
-    assert rows["torch fp32"].agreement == 1.0
-    assert rows["openvino fp32"].agreement == 1.0 and rows["onnxruntime fp32"].agreement == 1.0
+    assert rows["torch fp32"].agreement == 1.0  # the reference itself
+    # Other fp32 engines round differently: an untrained model's near-tie may flip, more than one may not.
+    assert rows["openvino fp32"].agreement >= 8 / 9 and rows["onnxruntime fp32"].agreement >= 8 / 9
     assert all(a.images == 9 and 0 <= a.top1 <= 1 for a in rows.values())  # 3 classes x 3 test images
 
 

@@ -162,6 +162,7 @@ def fixed_speed() -> Hooks:
     return Hooks(speed=FixedSpeed())
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_fits_its_whole_schedule_into_the_plan(
     fashion_root: Path, tmp_path: Path, fixed_speed: Hooks
 ) -> None:
@@ -189,6 +190,7 @@ def test_a_budgeted_run_fits_its_whole_schedule_into_the_plan(
         assert payload["history"][-1]["partial"] is True
 
 
+@pytest.mark.slow
 def test_a_run_stopped_inside_an_epoch_validates_and_resumes_to_the_same_plan(
     fashion_root: Path, tmp_path: Path, fixed_speed: Hooks
 ) -> None:
@@ -228,6 +230,7 @@ class SlowMachine(Hooks):
         self.seconds += seconds
 
 
+@pytest.mark.slow
 def test_a_machine_that_slows_down_gets_a_shorter_schedule_that_still_ends(fashion_root: Path, tmp_path: Path) -> None:
     lines: list[str] = []
     # No test evaluation to keep time for: the plan then hangs on the simulated seconds, not this machine's.
@@ -269,6 +272,7 @@ def test_a_machine_that_slows_down_gets_a_shorter_schedule_that_still_ends(fashi
     assert load_checkpoint(off.last_checkpoint)["plan"]["replans"] == 0
 
 
+@pytest.mark.slow
 def test_a_budget_too_small_fails_before_training(fashion_root: Path, tmp_path: Path, fixed_speed: Hooks) -> None:
     with pytest.raises(BudgetError, match=r"train\.max_minutes=0\.2 is too small .* needs at least"):
         train(tiny(fashion_root, "train.max_minutes=0.2"), tmp_path, log=lambda _: None, hooks=fixed_speed)

@@ -44,6 +44,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_on_the_same_global_batch(fashion_root: Path, tmp_path: Path) -> None:
     single = train(load_config(CONFIG, settings(fashion_root)), tmp_path / "one", log=lambda _: None)
     assert single.step == 4
@@ -71,6 +72,7 @@ def test_two_processes_match_one_on_the_same_global_batch(fashion_root: Path, tm
     assert one["history"][0]["val_top1"] == pytest.approx(two["history"][0]["val_top1"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_two_processes_plan_and_replan_a_budget_together(fashion_root: Path, tmp_path: Path) -> None:
     # Each process measures its own speed, and each epoch end refits the plan: every process must take the
     # same plan (by the slowest), or one would stop while the other waits for it in an all-reduce.
@@ -110,6 +112,7 @@ def test_shards_partition_each_global_batch(fashion_root: Path) -> None:
         assert torch.equal(x0, x[0::2]) and torch.equal(x1, x[1::2])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_large_batch(fashion_root: Path, tmp_path: Path) -> None:
     # Augmentation draws are made per batch, so they differ between 8- and 16-image batches: compare without.
     plain = [*settings(fashion_root), "data.augment=none"]

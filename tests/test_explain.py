@@ -215,10 +215,10 @@ def test_feature_visualisation_of_a_whole_module_on_a_224px_colour_model() -> No
     assert result.end > result.start
 
 
-def test_deep_dream_amplifies_what_the_layer_sees_in_a_photo(shared_data: Path) -> None:
+def test_deep_dream_amplifies_what_the_layer_sees_in_a_photo(photos: list[Path]) -> None:
     from googlenet.data import open_image
 
-    photo = sorted((shared_data / "imagenet-sample").iterdir())[0]
+    photo = photos[0]
     image = torch.from_numpy(np.array(open_image(photo).resize((96, 80)))).permute(2, 0, 1).float() / 255
     model = create_model("torchvision", num_classes=1000, aux=False)
     result = deep_dream(model, image, "inception4a", mean=[0.5] * 3, std=[0.5] * 3, steps=4, octaves=2)
@@ -245,9 +245,9 @@ def _torchvision_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_cli_explain_real_photographs(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_explain_real_photographs(photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = _torchvision_checkpoint(tmp_path / "tv.pt")
-    photos = sorted((shared_data / "imagenet-sample").iterdir())[:2]
+    photos = photos[:2]
     out = tmp_path / "out"
     code = main(["explain", str(checkpoint), *map(str, photos), "--out", str(out), "--layer", "inception_4c/output"])
     assert code == 0, capsys.readouterr().err
@@ -290,7 +290,9 @@ def test_cli_explain_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 2 and "channels 0..511; got channel 600" in err and err.count("\n") == 1
 
 
-def test_cli_visualize_channel_and_dream(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_visualize_channel_and_dream(
+    photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from helpers import make_checkpoint
 
     checkpoint = str(make_checkpoint(tmp_path / "small.pt"))
@@ -301,7 +303,7 @@ def test_cli_visualize_channel_and_dream(shared_data: Path, tmp_path: Path, caps
     assert "inception4c channel 97: mean before ReLU" in capsys.readouterr().out
     with Image.open(out) as picture:
         assert picture.size == (224, 224) and picture.mode == "L"  # 28 px, enlarged 8x to be seen
-    photo = sorted((shared_data / "imagenet-sample").iterdir())[0]
+    photo = photos[0]
     dream = tmp_path / "dream.png"
     args = [
         "visualize",

@@ -57,8 +57,9 @@ def run_without(names: tuple[str, ...], code: str, *args: str) -> subprocess.Com
     )
 
 
-def test_require_imports_an_installed_module() -> None:
-    assert require("json", "viz", "anything") is json
+def test_require_imports_an_installed_submodule() -> None:
+    figure = require("matplotlib.figure", "viz", "anything")  # the submodule itself, not its package
+    assert figure.__name__ == "matplotlib.figure" and hasattr(figure, "Figure")
 
 
 def test_require_names_the_extra_of_a_missing_module(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import SHARED_DATA
 from googlenet.cli import main
 from googlenet.data import class_names_for, read_synset_mapping
 from googlenet.data.crops import crop_plan, render, resized_size
@@ -63,10 +64,10 @@ def test_crop_geometry_for_any_image_size(width: int, height: int, crops: int) -
     assert_plan_is_valid(width, height, crops)
 
 
-def test_render_makes_mirrored_views(shared_data: Path) -> None:
+def test_render_makes_mirrored_views(photos: list[Path]) -> None:
     from torchvision.transforms.functional import to_tensor
 
-    photo = sorted((shared_data / "imagenet-sample").iterdir())[0]
+    photo = photos[0]
     image = to_tensor(Image.open(photo).convert("RGB"))
     plan = crop_plan(image.shape[2], image.shape[1], 144)
     views = render(image, plan, 224)
@@ -112,10 +113,18 @@ def test_multicrop_cli(colour_checkpoint: tuple[Path, Path], capsys: pytest.Capt
     assert code == 0 and "Table 3 form, 9 images" in out and "paper top-5" in out
 
 
-def test_wnid_names_from_the_synset_mapping(shared_data: Path, tmp_path: Path) -> None:
-    mapping = read_synset_mapping(shared_data / "imagenet_synsets.txt")
-    assert len(mapping) == 1000 and mapping["n01440764"] == "tench" and mapping["n02097047"] == "miniature schnauzer"
-    (tmp_path / "LOC_synset_mapping.txt").write_text((shared_data / "imagenet_synsets.txt").read_text())
+# The first lines of ImageNet's LOC_synset_mapping.txt, as the 1,000-line table in ../shared/data has them.
+SYNSET_LINES = "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
+
+
+def test_wnid_names_from_the_synset_mapping(tmp_path: Path) -> None:
+    table = SHARED_DATA / "imagenet_synsets.txt"
+    if table.is_file():  # the real table: all 1,000 classes
+        mapping = read_synset_mapping(table)
+        assert len(mapping) == 1000 and mapping["n02097047"] == "miniature schnauzer"
+        assert table.read_text().startswith(SYNSET_LINES)
+    (tmp_path / "LOC_synset_mapping.txt").write_text(SYNSET_LINES)
+    assert read_synset_mapping(tmp_path / "LOC_synset_mapping.txt") == {"n01440764": "tench", "n01443537": "goldfish"}
     assert class_names_for(tmp_path, ["n01440764", "n01443537", "my_class"]) == ["tench", "goldfish", "my_class"]
     assert class_names_for(tmp_path / "elsewhere", ["n01440764"]) == ["n01440764"]  # no mapping: folder names
 

@@ -33,15 +33,11 @@ def torchvision_model() -> nn.Module:
     return model.eval()
 
 
-def sample_photos(shared_data: Path, n: int = 4) -> list[Path]:
-    return sorted((shared_data / "imagenet-sample").iterdir())[:n]
-
-
 def test_imported_weights_predict_like_torchvision(
-    torchvision_model: nn.Module, shared_data: Path, tmp_path: Path
+    torchvision_model: nn.Module, photos: list[Path], tmp_path: Path
 ) -> None:
     checkpoint = import_torchvision(torchvision_model.state_dict(), tmp_path / "tv.pt")
-    photos = sample_photos(shared_data)
+    photos = photos[:4]
     reference = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1.transforms()
     x = torch.stack([reference(Image.open(p).convert("RGB")) for p in photos])
     with torch.no_grad():
@@ -89,11 +85,9 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_onnx_export_matches_eager_on_random_and_real_images(
-    small_checkpoint: Path, shared_data: Path, tmp_path: Path
+    small_checkpoint: Path, photos: list[Path], tmp_path: Path
 ) -> None:
-    result = export_checkpoint(
-        small_checkpoint, "onnx", tmp_path / "m.onnx", check_images=sample_photos(shared_data, 3)
-    )
+    result = export_checkpoint(small_checkpoint, "onnx", tmp_path / "m.onnx", check_images=photos[:3])
     assert result.random_inputs == 3 and result.real_inputs == 3 and result.max_abs_diff < 1e-3
     import onnx
 

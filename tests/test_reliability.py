@@ -3,7 +3,7 @@ property tests for crop geometry and config parsing."""
 
 import contextlib
 import errno
-import random
+import os
 import signal
 import subprocess
 import sys
@@ -80,19 +80,29 @@ def assert_same_weights(a: dict[str, object], b: dict[str, object]) -> None:
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"  # type: ignore[index]
 
 
-def test_kill_9_at_a_random_step_then_resume_is_bit_identical(
+def kill_9_after_step(process: subprocess.Popen[str], last: Path, step: int) -> None:
+    """SIGKILL ``process`` as soon as its last.pt (written every step) shows ``step`` or later: wherever inside
+    the next step it then is, mid-batch or mid-write, but decided by the run's progress, not by a timer."""
+    wait_for_first_checkpoint(process, last)
+    deadline = time.monotonic() + 120
+    while load_checkpoint(last)["position"]["step"] < step:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"training never reached step {step}"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_is_bit_identical(
     fashion_root: Path, reference: dict[str, object], tmp_path: Path
 ) -> None:
     process = start_training(fashion_root, tmp_path)
     last = tmp_path / "checkpoints" / "last.pt"
-    wait_for_first_checkpoint(process, last)
-    delay = random.uniform(0.0, 2.0)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    kill_9_after_step(process, last, 4)
     assert process.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(last)["position"]
-    assert killed_at["step"] < 9, f"killed too late to test anything (delay {delay:.2f} s)"
+    assert 4 <= killed_at["step"] < 9, killed_at
     resumed = resume(tmp_path, log=lambda _: None)
     assert resumed.stopped == "finished" and resumed.step == 9
     final = load_checkpoint(last)
@@ -102,6 +112,7 @@ def test_kill_9_at_a_random_step_then_resume_is_bit_identical(
     assert len(lines) == 3  # no epoch logged twice
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(fashion_root: Path, reference: dict[str, object], tmp_path: Path) -> None:
     process = start_training(fashion_root, tmp_path)
     wait_for_first_checkpoint(process, tmp_path / "checkpoints" / "last.pt")
@@ -133,6 +144,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path: Path, monke
     assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
 
 
+@pytest.mark.slow
 def test_nan_loss_keeps_the_last_good_checkpoint(fashion_root: Path, tmp_path: Path) -> None:
     from googlenet.training.loop import TrainingDiverged
 
@@ -212,3 +224,27 @@ def test_typed_values_are_accepted_or_refused_by_name(key: str, value: object) -
         parsed = getattr(getattr(config, section), name)
         assert type(parsed) is type(getattr(getattr(Config(), section), name))
         assert parsed == value
+
+
+def test_atomic_write_reaches_the_disk_before_it_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's bytes are flushed before the rename and the folder after it: a power cut then leaves the old
+    file or the new one, never an empty one."""
+    from googlenet import files
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        events.append("fsync folder" if target.is_dir() else f"fsync {target.name}")
+        real_fsync(fd)
+
+    def replace(src: str, dst: Path) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write_text(tmp_path / "out.txt", "hello")
+    assert (tmp_path / "out.txt").read_text() == "hello"
+    assert len(events) == 3 and events[0].startswith("fsync .out.txt.") and events[1:] == ["rename", "fsync folder"]

@@ -64,6 +64,7 @@ def shapes_seen() -> tuple[Hooks, list[tuple[int, int]]]:
     return Hooks(before_batch=lambda run, x: seen.append((run.state.step, int(x.shape[-1])))), seen
 
 
+@pytest.mark.slow
 def test_the_model_trains_on_the_growing_sizes_and_validates_at_the_full_size(
     fashion_root: Path, tmp_path: Path
 ) -> None:
@@ -81,6 +82,7 @@ def test_the_model_trains_on_the_growing_sizes_and_validates_at_the_full_size(
     assert load_checkpoint(result.last_checkpoint)["preprocessing"]["image_size"] == 64
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_measures_each_size_and_plans_with_them(fashion_root: Path, tmp_path: Path) -> None:
     measured: list[int] = []
 
@@ -103,6 +105,7 @@ def test_a_budgeted_run_measures_each_size_and_plans_with_them(fashion_root: Pat
     assert any(line.startswith("measured") and " at 56 px" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_resume_of_a_progressive_run_is_bit_identical(fashion_root: Path, tmp_path: Path) -> None:
     sizes = ("data.start_size=20", "schedule.warmup_epochs=0", "data.grow_until=0.6", "train.log_every_steps=2")
     whole = train(tiny_config(fashion_root, *sizes), tmp_path / "whole", log=quiet)

@@ -246,9 +246,10 @@ def test_dynamic_batching_groups_concurrent_images_and_keeps_them_apart() -> Non
         return x.flatten(1)[:, :3] * 10  # each image's own logits
 
     async def scenario(max_batch: int) -> tuple[list[int], bool]:
-        batcher = DynamicBatcher(run, max_batch=max_batch, wait_ms=30)
+        # A wait far longer than the test: a batch runs only once it is full, whatever the scheduling.
+        batcher = DynamicBatcher(run, max_batch=max_batch, wait_ms=60_000)
         await batcher.start()
-        images = [torch.full((1, 2, 2), float(i)) for i in range(20)]
+        images = [torch.full((1, 2, 2), float(i)) for i in range(24)]
         answers = await asyncio.gather(*(batcher.submit(x) for x in images))
         await batcher.stop()
         right = all(
@@ -258,9 +259,9 @@ def test_dynamic_batching_groups_concurrent_images_and_keeps_them_apart() -> Non
         return sorted(batcher.batch_sizes.elements()), right
 
     sizes, right = asyncio.run(scenario(8))
-    assert right and sum(sizes) == 20 and max(sizes) == 8 and len(sizes) <= 4
+    assert right and sizes == [8, 8, 8]
     sizes, right = asyncio.run(scenario(1))
-    assert right and sizes == [1] * 20
+    assert right and sizes == [1] * 24
 
 
 def test_a_failing_batch_fails_its_requests_and_the_server_goes_on() -> None:
@@ -294,7 +295,10 @@ def test_load_with_bad_requests_mixed_in(live_server: BackgroundServer, sample: 
     result = run_load(live_server.url, sample.read_bytes(), requests=400, concurrency=16, bad_every=10)
     assert result.unexpected == [], result.unexpected[:5]
     assert result.good_ok == 360 and result.bad_refused == 40  # every request answered as it should be
-    assert max(result.batch_sizes) > 1  # concurrent requests were batched
+    # Every answer ran in a batch of the allowed sizes (how many shared one depends on scheduling: the batching
+    # itself is tested deterministically above).
+    assert sum(size * count for size, count in result.batch_sizes.items()) >= 360
+    assert set(result.batch_sizes) <= set(range(1, SETTINGS.max_batch + 1))
     assert run_load(live_server.url, sample.read_bytes(), requests=5, concurrency=1).good_ok == 5
 
 
@@ -302,9 +306,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
-def test_the_page_in_a_real_browser(live_server: BackgroundServer, shared_data: Path, tmp_path: Path) -> None:
+def test_the_page_in_a_real_browser(live_server: BackgroundServer, photos: list[Path], tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
-    photo = sorted((shared_data / "imagenet-sample").iterdir())[0]
+    photo = photos[0]
     import httpx
 
     api = httpx.post(

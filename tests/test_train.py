@@ -46,6 +46,7 @@ def quiet(_: str) -> None:
     pass
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(fashion_root: Path) -> None:
     config = tiny_config(fashion_root, "data.train_subset=64", "data.augment=none", "optim.label_smoothing=0")
     data = build_data(config.data, in_channels=0, seed=0)
@@ -77,6 +78,7 @@ def finished_run(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_n_steps_is_bit_identical(fashion_root: Path, finished_run: Path, tmp_path: Path) -> None:
     stopped = train(tiny_config(fashion_root, "data.erase=0.5", "train.max_steps=4"), tmp_path, log=quiet)
     assert stopped.stopped == "max_steps" and stopped.step == 4
@@ -101,6 +103,7 @@ def test_resume_after_n_steps_is_bit_identical(fashion_root: Path, finished_run:
     assert {g["fused"] for g in b["optimizer"]["param_groups"]} == {True}
 
 
+@pytest.mark.slow
 def test_reading_the_loss_back_every_few_steps_changes_nothing(
     fashion_root: Path, finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,6 +118,7 @@ def test_reading_the_loss_back_every_few_steps_changes_nothing(
         assert every_step["train_loss"] == pytest.approx(lazily["train_loss"], rel=1e-12)  # summed in another order
 
 
+@pytest.mark.slow
 def test_divergence_is_caught_when_the_loss_is_read_lazily(
     fashion_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,6 +129,7 @@ def test_divergence_is_caught_when_the_loss_is_read_lazily(
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_run_folder_contents(finished_run: Path) -> None:
     lines = (finished_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
@@ -135,6 +140,7 @@ def test_run_folder_contents(finished_run: Path) -> None:
     assert best["preprocessing"]["in_channels"] == 1
 
 
+@pytest.mark.slow
 def test_evaluate_from_checkpoint_alone(finished_run: Path, tmp_path: Path) -> None:
     report = evaluate_checkpoint(finished_run / "checkpoints" / "best.pt", split="val", out_dir=tmp_path)
     assert report.result.num_samples == 300
@@ -148,6 +154,7 @@ def test_evaluate_from_checkpoint_alone(finished_run: Path, tmp_path: Path) -> N
     assert model.aux1 is None and names[9] == "Ankle boot" and prep.image_size == 28
 
 
+@pytest.mark.slow
 def test_predict_real_images(fashion_root: Path, finished_run: Path, tmp_path: Path) -> None:
     images, _, _ = load_fashion_mnist(fashion_root, train=False, allow_download=False)
     for i in range(3):
@@ -161,6 +168,7 @@ def test_predict_real_images(fashion_root: Path, finished_run: Path, tmp_path: P
         assert {c for c, _ in p.top} <= set(load_checkpoint(finished_run / "checkpoints" / "best.pt")["class_names"])
 
 
+@pytest.mark.slow
 def test_predict_matches_evaluation_inputs(fashion_root: Path, finished_run: Path, tmp_path: Path) -> None:
     # A PNG of a test image through predict gives the same probabilities as the in-memory test batch.
     checkpoint = finished_run / "checkpoints" / "best.pt"
@@ -177,6 +185,7 @@ def test_predict_matches_evaluation_inputs(fashion_root: Path, finished_run: Pat
     assert top[1] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_report(finished_run: Path) -> None:
     path = write_report(finished_run, explain=False)  # explain.md has its own tests (test_explain.py)
     text = path.read_text()
@@ -192,18 +201,21 @@ def test_cli_train_rejects_bad_keys(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 2 and "unknown config key 'optim.lrr'" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_overwrite_a_run(capsys: pytest.CaptureFixture[str], finished_run: Path) -> None:
     config = str(Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml")
     code = main(["train", "--config", config, "--out", str(finished_run)])
     assert code == 2 and "already holds a run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_clear_message(fashion_root: Path, tmp_path: Path) -> None:
     config = tiny_config(fashion_root, "optim.lr=1e5", "schedule.name=constant", "schedule.warmup_epochs=0")
     with pytest.raises(TrainingDiverged, match=r"lower optim\.lr"):
         train(config, tmp_path, log=quiet)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_and_predict(
     capsys: pytest.CaptureFixture[str], finished_run: Path, fashion_root: Path, tmp_path: Path
 ) -> None:
@@ -219,6 +231,7 @@ def test_cli_evaluate_and_predict(
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_helper_counts(finished_run: Path, fashion_root: Path) -> None:
     model, prep, names = model_from_checkpoint(load_checkpoint(finished_run / "checkpoints" / "best.pt"))
     config = tiny_config(fashion_root)
@@ -250,6 +263,7 @@ def test_ema_follows_the_warmup_formula_and_copies_counters() -> None:
     assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)
 
 
+@pytest.mark.slow
 def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashion_root: Path, tmp_path: Path) -> None:
     from googlenet.data import eval_split
     from googlenet.run.metrics import ViewAverage
@@ -271,6 +285,7 @@ def test_flip_tta_averages_each_image_with_its_mirror(finished_run: Path, fashio
     assert main(["evaluate", str(checkpoint), "--tta", "flip", "--crops", "10"]) == 2
 
 
+@pytest.mark.slow
 def test_without_validation_best_pt_is_the_latest_averaged_model(fashion_root: Path, tmp_path: Path) -> None:
     result = train(tiny_config(fashion_root, "data.val_fraction=0"), tmp_path, log=quiet)
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
