@@ -18,10 +18,8 @@ def lr_factor(
     if warmup > 0 and step < warmup and cfg.name in ("cosine", "onecycle", "step", "constant"):
         # Linear warm-up from 1/10 of the peak: large early steps break BatchNorm statistics.
         return 0.1 + 0.9 * step / warmup
-    if cfg.name == "paper":
-        # The paper: "decreasing the learning rate by 4% every 8 epochs".
-        return float(cfg.gamma ** math.floor(epoch / cfg.step_epochs))
-    if cfg.name == "step":
+    if cfg.name in ("paper", "step"):
+        # Step decay; the paper's is "decreasing the learning rate by 4% every 8 epochs", without a warm-up.
         return float(cfg.gamma ** math.floor(epoch / cfg.step_epochs))
     if cfg.name == "constant":
         return 1.0
