@@ -26,6 +26,7 @@ def test_walkthrough_runs_and_its_numbers_hold(
     from nbclient import NotebookClient
 
     monkeypatch.setenv("GOOGLENET_DATA", str(fashion_root))
+    monkeypatch.setenv("GOOGLENET_MINUTES", "2")  # a third less than the reader's 3: the suite stays short
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
