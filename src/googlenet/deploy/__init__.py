@@ -1,1 +1,2 @@
-"""Deployment: inference engines (PyTorch, ONNX Runtime, OpenVINO), export formats and torchvision interop."""
+"""Deployment: export formats (ONNX, torch.export, safetensors) and torchvision weights in; the engines that
+run an exported model are googlenet.engines, which evaluation and serving share."""

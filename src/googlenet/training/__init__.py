@@ -1,1 +1,2 @@
-"""Training: config, data, schedule, the loop, checkpoints and multi-process runs."""
+"""Training: the loop (`train`, `resume`), the run it builds, its budget planner, optimizer, schedule, loss and
+multi-process runs. It stands on the data and run layers; nothing outside the CLI and the benchmark imports it."""
