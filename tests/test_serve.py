@@ -2,10 +2,15 @@
 browser on the page, and a bounded load test with bad requests mixed in."""
 
 import asyncio
+import dataclasses
 import io
 import json
+import logging
 import shutil
+import socket
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+import httpx
 from fastapi.testclient import TestClient
 
 from googlenet.evaluation.predict import predict_paths
@@ -340,3 +346,138 @@ def test_the_page_in_a_real_browser(live_server: BackgroundServer, photos: list[
         browser.close()
     assert errors == []
     assert (tmp_path / "page.png").stat().st_size > 20_000
+
+
+# ------------------------------------------------------------------------------------- hostile requests
+
+
+def raw_exchange(server: BackgroundServer, request: bytes, *, then_close: bool = False) -> tuple[bytes, bool]:
+    """Send ``request`` bytes as they are on one connection; (everything answered, whether the server closed
+    the connection). ``then_close``: hang up right after sending, as a client that gives up mid-upload."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(request)
+        if then_close:
+            return b"", True
+        answer = b""
+        try:
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            return answer, False  # still open after 10 s
+        return answer, True
+
+
+def upload_head(length: int) -> bytes:
+    """The request line and headers of a raw-body upload of ``length`` bytes."""
+    return (
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode()
+    )
+
+
+def json_error(answer: bytes) -> tuple[int, str]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)["error"]
+
+
+def test_content_length_with_transfer_encoding_is_refused_and_the_connection_closed(
+    live_server: BackgroundServer,
+) -> None:
+    # A request smuggled in the body: it must never be answered (RFC 9112, section 6.1).
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    request = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled
+    )
+    answer, closed = raw_exchange(live_server, request)
+    assert closed and answer.count(b"HTTP/1.1 ") == 1, answer
+    status, error = json_error(answer)
+    assert status == 400 and "both Content-Length and Transfer-Encoding" in error
+
+
+def test_a_foreign_host_header_is_refused(run_dir: Path) -> None:
+    settings = dataclasses.replace(SETTINGS, allowed_hosts=("localhost", "127.0.0.1", "[::1]"))
+    with TestClient(create_app(run_dir / "checkpoints" / "best.pt", settings), base_url="http://localhost") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+        assert client.get("/healthz", headers={"Host": "[::1]:8000"}).status_code == 200
+        refused = client.get("/healthz", headers={"Host": "attacker.example:8000"})
+        assert refused.status_code == 400 and "'attacker.example:8000' is not served here" in refused.json()["error"]
+
+
+def test_the_cli_allows_only_loopback_hosts_on_a_loopback_address() -> None:
+    from googlenet.cli.serve import LOOPBACK_HOSTS
+
+    assert set(LOOPBACK_HOSTS) == {"127.0.0.1", "localhost", "[::1]"}
+
+
+def test_a_stalled_upload_times_out_with_408(run_dir: Path) -> None:
+    settings = dataclasses.replace(SETTINGS, body_timeout_s=0.5)
+    with BackgroundServer(create_app(run_dir / "checkpoints" / "best.pt", settings)) as server:
+        request = (
+            b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+        )
+        answer, _ = raw_exchange(server, request + b"\x89PNG")  # 4 of 1,000 bytes, then nothing
+        status, error = json_error(answer)
+        assert status == 408 and "stalled" in error
+
+
+def test_a_client_that_hangs_up_mid_upload_is_one_log_line(
+    live_server: BackgroundServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    )
+    with caplog.at_level(logging.INFO):
+        raw_exchange(live_server, request + b"\x89PNG" * 100, then_close=True)
+        deadline = time.monotonic() + 10
+        while not any("hung up" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [r.getMessage() for r in caplog.records if "hung up" in r.getMessage()] == [
+        "POST /v1/predict: the client hung up before its request was read"
+    ]
+    assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert httpx.get(f"{live_server.url}/healthz").status_code == 200  # and the server goes on
+
+
+def malformed_tiff() -> bytes:
+    """A TIFF whose strip offset is typed as text: PIL's decoder raises TypeError on it."""
+    entries = [(256, 3, 1, 4), (257, 3, 1, 4), (258, 3, 1, 8), (262, 3, 1, 1)]
+    ifd = b"".join(struct.pack("<HHIHH", tag, kind, count, value, 0) for tag, kind, count, value in entries)
+    ifd += struct.pack("<HHI", 273, 2, 4) + b"abc\0" + struct.pack("<HHII", 279, 4, 1, 16)
+    return b"II*\0" + struct.pack("<IH", 8, len(entries) + 2) + ifd + b"\0" * 68
+
+
+def test_an_image_that_breaks_the_decoder_is_a_400(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=malformed_tiff(), headers={"Content-Type": "image/tiff"})
+    assert response.status_code == 400 and "could not be decoded" in response.json()["error"]
+
+
+def test_decodes_run_a_few_at_a_time(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wide images take several bytes a pixel while converted: at most decode_slots of them at once."""
+    from googlenet.serve import routes
+
+    running, most = 0, 0
+    guard = threading.Lock()
+    decode = routes._decode
+
+    def counted(*args: object) -> object:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        try:
+            return decode(*args)  # type: ignore[arg-type]
+        finally:
+            with guard:
+                running -= 1
+
+    monkeypatch.setattr(routes, "_decode", counted)
+    image = png_bytes(Image.new("L", (40, 40), 128))
+    settings = dataclasses.replace(SETTINGS, decode_slots=2)
+    with TestClient(create_app(run_dir / "checkpoints" / "best.pt", settings)) as client:
+        files = [("file", (f"{i}.png", image, "image/png")) for i in range(8)]
+        assert client.post("/v1/predict", files=files).status_code == 200
+    assert most == 2

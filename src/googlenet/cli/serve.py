@@ -26,7 +26,18 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--max-pixels", type=positive_int, default=40_000_000, help="largest declared image (default: 40 megapixels)"
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host header name to serve besides this machine's loopback names (repeatable; e.g. behind a proxy)",
+    )
     add_engine_arguments(parser, int8=False)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # as Host headers name them
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,13 +61,15 @@ def run(args: argparse.Namespace) -> int:
         wait_ms=args.batch_wait_ms,
         max_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
+        # Bound to this machine only: refuse other Host names, so no web page can reach it by DNS rebinding.
+        allowed_hosts=(*LOOPBACK_HOSTS, *args.allowed_host) if args.host in LOOPBACK else tuple(args.allowed_host),
     )
     app = create_app(args.checkpoint, settings)
     service = app.state.service
     print(f"serving {service.info['variant']} ({len(service.class_names)} classes) with {service.engine_reason}")
     batching = "off" if args.max_batch == 1 else f"up to {args.max_batch} images, {args.batch_wait_ms:g} ms window"
     print(f"dynamic batching: {batching}")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK:
         print(f"listening on {args.host}: reachable from other machines; there is no authentication")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

@@ -13,6 +13,8 @@ on the server. FastAPI is the [serve] extra, imported by :func:`create_app` (so 
 nothing optional); the routes and their handlers are in googlenet.serve.routes, which it imports.
 """
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,35 +29,77 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-class BodyLimit:
-    """ASGI middleware: a request body (raw, multipart, chunked or not) that passes ``limit`` bytes stops being
-    read and becomes a 413, so nothing a client sends is spooled to disk or memory without bound."""
+async def send_json_error(send: Any, status: int, message: str, *, close: bool = False) -> None:
+    """A JSON ``{"error": ...}`` answer sent from ASGI middleware, before the application sees the request;
+    ``close`` asks the server to close the connection after it."""
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(b"connection", b"close")] if close else []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class RequestGuard:
+    """ASGI middleware for requests no handler should see: a Host header outside ``allowed_hosts`` (DNS
+    rebinding against a server on this machine), and a request with both Content-Length and
+    Transfer-Encoding, which RFC 9112 (section 6.1) says to refuse and close the connection after: the two
+    framings disagree, and a request hidden in the body would otherwise be served (request smuggling)."""
+
+    def __init__(self, app: Any, allowed_hosts: tuple[str, ...]) -> None:
+        self.app, self.allowed_hosts = app, {h.lower() for h in allowed_hosts}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        received = 0
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope.get("headers") or []:
+            headers.setdefault(name.lower(), value)
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            await send_json_error(send, 400, "the request has both Content-Length and Transfer-Encoding", close=True)
+            return
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # drop the port; keep [::1] whole
+        if self.allowed_hosts and name not in self.allowed_hosts:
+            allowed = ", ".join(sorted(self.allowed_hosts))
+            await send_json_error(send, 400, f"Host {host[:100]!r} is not served here (allowed: {allowed})")
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body (raw, multipart, chunked or not) that passes ``limit`` bytes stops being
+    read and becomes a 413, and one whose sender pauses longer than ``timeout`` seconds a 408, so nothing a
+    client sends is spooled to disk or memory without bound, nor holds a connection open by trickling."""
+
+    def __init__(self, app: Any, limit: int, timeout: float) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received, complete = 0, False
 
         async def limited() -> Any:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body: waiting for a disconnect is not a stalled upload
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                raise UploadError(408, f"the request body stalled: nothing arrived for {self.timeout:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.limit:
                     raise UploadError(413, f"the request body is over the limit of {self.limit:,} bytes")
             return message
 
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:  # refused before a byte of it is read
-            message = f'{{"error": "the request body is {int(declared):,} bytes; the limit is {self.limit:,}"}}'
-            await send(
-                {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
-            )
-            await send({"type": "http.response.body", "body": message.encode()})
+            message = f"the request body is {int(declared):,} bytes; the limit is {self.limit:,}"
+            await send_json_error(send, 413, message)
             return
         await self.app(scope, limited, send)
 
@@ -74,7 +118,9 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     batcher = DynamicBatcher(service.engine, max_batch=settings.max_batch, wait_ms=settings.wait_ms)
 
     @asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        # Made in the serving event loop: a semaphore belongs to the loop that first waits on it.
+        app.state.decode_slots = asyncio.Semaphore(settings.decode_slots)
         await batcher.start()
         yield
         await batcher.stop()
@@ -89,7 +135,9 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     app.state.service, app.state.batcher, app.state.settings = service, batcher, settings
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     # Every file may be max_bytes; the form's boundaries and headers get a little room on top.
-    app.add_middleware(BodyLimit, limit=settings.max_bytes * settings.max_files + 2**20)
+    limit = settings.max_bytes * settings.max_files + 2**20
+    app.add_middleware(BodyLimit, limit=limit, timeout=settings.body_timeout_s)
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts)  # added last: runs first
     add_error_handlers(app)
     app.include_router(router)
     return app

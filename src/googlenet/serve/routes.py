@@ -4,20 +4,23 @@ FastAPI, the [serve] extra: only `create_app` imports it, after checking the ext
 annotations here: FastAPI reads the handlers' parameter types at run time."""
 
 import asyncio
+import logging
 import time
 from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from googlenet.serve.batcher import DynamicBatcher
 from googlenet.serve.images import UploadError, check_content_type, decode_image
 from googlenet.serve.service import ModelService, ServeSettings
 
 STATIC = resources.files("googlenet.serve") / "static"
+LOG = logging.getLogger("googlenet.serve")
 
 # The OpenAPI description of an image upload: a raw image body or multipart form files.
 IMAGE_BODY = {
@@ -48,6 +51,12 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, _error: ClientDisconnect) -> Response:
+        # Nobody is left to answer: one line in the log, not a traceback.
+        LOG.warning("%s %s: the client hung up before its request was read", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -142,7 +151,8 @@ def _top_k(request: Request) -> int:
 async def _decoded(request: Request, name: str | None, data: bytes) -> Any:
     """The model input for one upload, decoded off the event loop: a large JPEG takes milliseconds to decode,
     and other requests keep arriving."""
-    return await asyncio.to_thread(_decode, _service(request), _settings(request), name, data)
+    async with request.app.state.decode_slots:  # wide images take several bytes a pixel: a few at a time
+        return await asyncio.to_thread(_decode, _service(request), _settings(request), name, data)
 
 
 def _decode(service: ModelService, settings: ServeSettings, name: str | None, data: bytes) -> Any:
@@ -190,7 +200,7 @@ async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str 
                     if len(data) > settings.max_bytes:
                         raise UploadError(413, f"file {name!r} is over the limit of {settings.max_bytes:,} bytes")
                     uploads.append((name, data))
-        except UploadError:  # ours, or the body limit reached while the form was read
+        except (UploadError, ClientDisconnect):  # ours, the body limit reached, or the client gone mid-form
             raise
         except Exception as error:  # starlette's MultiPartException and parser errors: the client's form
             raise UploadError(400, f"the multipart form could not be read: {error}") from None

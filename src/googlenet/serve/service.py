@@ -38,6 +38,11 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # declared width x height, checked before decoding
     max_files: int = 16  # per multipart request
     top_k: int = 5
+    # Host header names served (without the port); empty: any. `googlenet serve` on a loopback address allows
+    # only loopback names, so a web page elsewhere cannot reach it through DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
+    decode_slots: int = 2  # images decoded at once: wide images take several bytes a pixel while converted
+    body_timeout_s: float = 30.0  # the longest a client may pause while it sends a request body
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
