@@ -94,6 +94,9 @@ def test_onnx_export_matches_eager_on_random_and_real_images(
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
     assert not any("aux" in node.name for node in graph.node)
+    # One self-contained file: no external weights beside it, and nothing temporary left behind.
+    assert [f.name for f in tmp_path.iterdir()] == ["m.onnx"]
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
 
 
 def test_torch_export_program_reloads(

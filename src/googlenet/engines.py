@@ -176,6 +176,9 @@ def write_onnx(model: torch.nn.Module, example: Tensor, out: str | Path) -> None
                 input_names=["images"],
                 output_names=["logits"],
                 dynamic_shapes=({0: batch},),
+                # One self-contained file: GoogLeNet's weights (27 MB) are far below ONNX's 2 GB limit, and
+                # external data would be named after the temporary file and left beside the model.
+                external_data=False,
                 verbose=False,
             )
 
