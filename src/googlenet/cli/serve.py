@@ -33,6 +33,9 @@ def register(commands: Commands) -> None:
         metavar="NAME",
         help="a Host header name to serve besides this machine's loopback names (repeatable; e.g. behind a proxy)",
     )
+    parser.add_argument(
+        "--name", default="googlenet", help="the model's name in the Open Inference Protocol (/v2/models/NAME)"
+    )
     add_engine_arguments(parser, int8=False)
 
 
@@ -47,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         require(module, "serve", "googlenet serve")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535; got {args.port}")
+    from googlenet.deploy.triton import NAME_PATTERN
+
+    if not NAME_PATTERN.fullmatch(args.name):
+        raise UsageError(f"--name {args.name!r} must be 1-64 letters, digits, '_', '.' or '-'")
     if not 0 < args.max_upload_mb <= 1024 or not 0 <= args.batch_wait_ms <= 1000:
         raise UsageError("--max-upload-mb must be in (0, 1024] and --batch-wait-ms in [0, 1000]")
     import uvicorn
@@ -63,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         # Bound to this machine only: refuse other Host names, so no web page can reach it by DNS rebinding.
         allowed_hosts=(*LOOPBACK_HOSTS, *args.allowed_host) if args.host in LOOPBACK else tuple(args.allowed_host),
+        model_name=args.name,
     )
     app = create_app(args.checkpoint, settings)
     service = app.state.service
     print(f"serving {service.info['variant']} ({len(service.class_names)} classes) with {service.engine_reason}")
     batching = "off" if args.max_batch == 1 else f"up to {args.max_batch} images, {args.batch_wait_ms:g} ms window"
     print(f"dynamic batching: {batching}")
+    print(f"Open Inference Protocol: model {args.name!r} at /v2/models/{args.name}/infer")
     if args.host not in LOOPBACK:
         print(f"listening on {args.host}: reachable from other machines; there is no authentication")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

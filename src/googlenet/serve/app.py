@@ -7,6 +7,8 @@
 - ``GET /v1/model``: the model card (variant, classes, preprocessing, parameters, engine, training curves and
   test accuracy when the run folder is beside the checkpoint, Table 1 of the variant).
 - ``GET /healthz``; the OpenAPI docs at ``/docs``.
+- ``/v2/...``: the Open Inference Protocol (KServe v2, as Triton speaks it): health, metadata and ``infer``
+  for the model, answering tritonclient and KServe clients (googlenet.serve.protocol_routes).
 
 Every refusal is a 4xx JSON ``{"error": "..."}`` naming what was wrong; nothing a client sends names a file
 on the server. FastAPI is the [serve] extra, imported by :func:`create_app` (so importing this module needs
@@ -111,6 +113,7 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
 
+    from googlenet.serve.protocol_routes import router as protocol_router
     from googlenet.serve.routes import STATIC, add_error_handlers, router
 
     settings = settings or ServeSettings()
@@ -134,10 +137,9 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
     )
     app.state.service, app.state.batcher, app.state.settings = service, batcher, settings
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    # Every file may be max_bytes; the form's boundaries and headers get a little room on top.
-    limit = settings.max_bytes * settings.max_files + 2**20
-    app.add_middleware(BodyLimit, limit=limit, timeout=settings.body_timeout_s)
+    app.add_middleware(BodyLimit, limit=settings.body_limit, timeout=settings.body_timeout_s)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts)  # added last: runs first
     add_error_handlers(app)
     app.include_router(router)
+    app.include_router(protocol_router)
     return app

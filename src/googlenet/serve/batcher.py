@@ -28,10 +28,14 @@ T = TypeVar("T")
 class Answer:
     """One image's model output and how it was run."""
 
-    probabilities: Tensor  # (classes,)
+    logits: Tensor  # (classes,), float32
     batch_size: int  # how many images shared its batch
     queued_ms: float  # from submit to the start of its batch
     run_ms: float  # the batch's model time
+
+    @property
+    def probabilities(self) -> Tensor:
+        return self.logits.softmax(0)
 
 
 class DynamicBatcher:
@@ -100,7 +104,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             try:
                 batch = torch.stack([image for image, _, _ in live])
-                probabilities = await self.call(self._probabilities, batch)
+                logits = await self.call(self._logits, batch)
             except Exception as error:  # every waiting request learns of it; the server goes on
                 for _, _, future in live:
                     if not future.done():
@@ -108,10 +112,10 @@ class DynamicBatcher:
                 continue
             run_ms = (time.perf_counter() - started) * 1000
             self.batch_sizes[len(live)] += 1
-            for (_, submitted, future), row in zip(live, probabilities, strict=True):
+            for (_, submitted, future), row in zip(live, logits, strict=True):
                 if not future.done():
                     future.set_result(Answer(row, len(live), (started - submitted) * 1000, run_ms))
 
-    def _probabilities(self, batch: Tensor) -> Tensor:
+    def _logits(self, batch: Tensor) -> Tensor:
         with torch.inference_mode():
-            return self._run(batch).float().softmax(1)
+            return self._run(batch).float()

@@ -102,7 +102,7 @@ async def predict(request: Request) -> dict[str, Any]:
     service, started = _service(request), time.perf_counter()
     k = _top_k(request)
     uploads = await _uploads(request, _settings(request))
-    tensors = await asyncio.gather(*(_decoded(request, name, data) for name, data in uploads))
+    tensors = await asyncio.gather(*(decoded_upload(request, name, data) for name, data in uploads))
     decoded_at = time.perf_counter()
     answers = await asyncio.gather(*(_batcher(request).submit(x) for x in tensors))
     predictions = []
@@ -134,7 +134,7 @@ async def explain(request: Request) -> dict[str, Any]:
     uploads = await _uploads(request, _settings(request))
     if len(uploads) != 1:
         raise UploadError(400, f"explain takes one image; got {len(uploads)}")
-    x = await _decoded(request, *uploads[0])
+    x = await decoded_upload(request, *uploads[0])
     result = await _batcher(request).call(_service(request).explain, x, k)
     return {**result, "timing_ms": {"total": round((time.perf_counter() - started) * 1000, 2)}}
 
@@ -148,7 +148,7 @@ def _top_k(request: Request) -> int:
     return min(int(raw), classes)
 
 
-async def _decoded(request: Request, name: str | None, data: bytes) -> Any:
+async def decoded_upload(request: Request, name: str | None, data: bytes) -> Any:
     """The model input for one upload, decoded off the event loop: a large JPEG takes milliseconds to decode,
     and other requests keep arriving."""
     async with request.app.state.decode_slots:  # wide images take several bytes a pixel: a few at a time
@@ -165,7 +165,7 @@ def _decode(service: ModelService, settings: ServeSettings, name: str | None, da
         raise UploadError(422, f"{label} could not be preprocessed: {error}") from None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused with 413 as soon as it passes ``limit`` bytes (never read whole first)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -206,4 +206,4 @@ async def _uploads(request: Request, settings: ServeSettings) -> list[tuple[str 
             raise UploadError(400, f"the multipart form could not be read: {error}") from None
         return uploads
     check_content_type(content_type)
-    return [(None, await _read_body(request, settings.max_bytes))]
+    return [(None, await read_body(request, settings.max_bytes))]

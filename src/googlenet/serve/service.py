@@ -43,6 +43,13 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     decode_slots: int = 2  # images decoded at once: wide images take several bytes a pixel while converted
     body_timeout_s: float = 30.0  # the longest a client may pause while it sends a request body
+    model_name: str = "googlenet"  # the model's name in the Open Inference Protocol's /v2/models/NAME
+
+    @property
+    def body_limit(self) -> int:
+        """The largest request body: every file may be max_bytes; a form's boundaries and headers, or an
+        inference request's JSON header, get a little room on top."""
+        return self.max_bytes * self.max_files + 2**20
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
