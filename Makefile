@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_ROOT ?= data
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo test lint typecheck unit check-core benchmark-fashion-mnist benchmark-peer benchmark-cuda benchmark-speed benchmark-serve clean
+.PHONY: setup data demo test lint typecheck unit check-core triton-server benchmark-fashion-mnist benchmark-peer benchmark-cuda benchmark-speed benchmark-serve clean
 
 # The C++ training kernels (src/googlenet/kernels) build once per environment and source; without a compiler
 # this says so and training uses ATen.
@@ -60,6 +60,11 @@ unit: data
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# A real Triton server for the test that serves an exported model repository (tests/test_triton.py skips it
+# where this is absent): the tritonserver nvidia-pytriton bundles, about 300 MB in $(VENV)/triton.
+triton-server: setup
+	PYTHON=$(BIN)/python bash .ci/triton-server $(VENV)/triton
 
 # The core install alone (no extras), from the built wheel in a throwaway virtualenv (~6.5 GB, removed after):
 # train, evaluate, predict on real Fashion-MNIST; commands that need an extra name it. About 3-5 minutes.

@@ -32,6 +32,7 @@ OPTIONAL = (
     "fastapi",
     "uvicorn",
     "multipart",
+    "python_multipart",
     "httpx",
 )
 VIZ = ("matplotlib", "tensorboard")

@@ -46,7 +46,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # as Host headers name the
 def run(args: argparse.Namespace) -> int:
     from googlenet.extras import require
 
-    for module in ("fastapi", "uvicorn", "multipart"):
+    for module in ("fastapi", "uvicorn", "python_multipart"):
         require(module, "serve", "googlenet serve")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535; got {args.port}")

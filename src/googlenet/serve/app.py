@@ -109,7 +109,7 @@ class BodyLimit:
 def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) -> "FastAPI":
     """The application for ``checkpoint``; run it with uvicorn (``googlenet serve`` does)."""
     require("fastapi", "serve", "googlenet serve")
-    require("multipart", "serve", "googlenet serve")  # python-multipart: FastAPI's form parser
+    require("python_multipart", "serve", "googlenet serve")  # python-multipart: FastAPI's form parser
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
 
