@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_ROOT ?= data
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo test lint typecheck unit check-core triton-server benchmark-fashion-mnist benchmark-peer benchmark-cuda benchmark-speed benchmark-serve clean
+.PHONY: setup data demo test lint typecheck unit check-core triton-server benchmark-fashion-mnist benchmark-peer benchmark-cuda benchmark-speed benchmark-serve benchmark-serve-ray clean
 
 # The C++ training kernels (src/googlenet/kernels) build once per environment and source; without a compiler
 # this says so and training uses ATen.
@@ -105,6 +105,12 @@ SERVE_CKPT ?= runs/$(PRESET)-seed$(SEED)/checkpoints/best.pt
 SERVE_IMAGE ?= ../shared/data/imagenet-sample/ILSVRC2012_test_00000001.JPEG
 benchmark-serve: setup
 	$(BIN)/python -m googlenet.serve.loadtest $(SERVE_CKPT) $(SERVE_IMAGE) --requests 1000 --concurrency 16
+
+# The same server as Ray Serve replicas against one process, at 16 and 64 concurrent clients (docs/performance.md).
+REPLICAS ?= 2
+benchmark-serve-ray: setup
+	$(BIN)/python -m googlenet.serve.loadtest $(SERVE_CKPT) $(SERVE_IMAGE) --requests 1000 --concurrency 16 64 \
+		--ray $(REPLICAS) --json runs/serve-ray.json
 
 # The performance tables (docs/performance.md) (about 12 minutes on 2 cores): every engine against torchvision, ONNX Runtime
 # and OpenVINO in one run, and each engine's agreement on the Fashion-MNIST test set when that run exists.

@@ -34,6 +34,7 @@ OPTIONAL = (
     "multipart",
     "python_multipart",
     "httpx",
+    "ray",
 )
 VIZ = ("matplotlib", "tensorboard")
 
@@ -217,13 +218,15 @@ def test_pyproject_has_a_small_core_lower_bounds_and_the_promised_extras() -> No
     assert {"nbclient", "nbformat", "ipykernel"} <= set(extras["dev"])  # the walkthrough notebook's test
     assert sorted(extras["serve"]) == ["fastapi", "httpx", "python-multipart", "uvicorn"]
     assert "playwright" in extras["dev"]  # the browser test of the server's page
-    assert project["optional-dependencies"]["all"] == ["googlenet[deploy,viz,explain,serve]"]
+    assert sorted(extras["ray"]) == ["googlenet", "ray"] and "ray[serve]" in extras["ray"]["ray"]
+    assert project["optional-dependencies"]["all"] == ["googlenet[deploy,viz,explain,serve,ray]"]
     pinned = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
             pinned[name.strip().lower()] = version.strip()
-    for group in (core, extras["deploy"], extras["viz"], extras["explain"], extras["serve"], extras["dev"]):
+    groups = (core, extras["deploy"], extras["viz"], extras["explain"], extras["serve"], extras["dev"])
+    for group in (*groups, {"ray": extras["ray"]["ray"]}):
         for name, requirement in group.items():
             # a lower bound and no cap (caps in a library make resolver conflicts), and an exact pin for set-up and CI
             assert ">=" in requirement and "<" not in requirement and "==" not in requirement, requirement

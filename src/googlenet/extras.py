@@ -5,6 +5,7 @@ predicts; the extras bring the rest:
 - ``[viz]``: matplotlib, tensorboard (pictures, reports, TensorBoard logs)
 - ``[explain]``: captum, matplotlib (Grad-CAM maps and the pictures of ``googlenet explain``)
 - ``[serve]``: fastapi, uvicorn, python-multipart (``googlenet serve``: the web page and JSON API)
+- ``[ray]``: Ray Serve, with [serve] (``googlenet serve --ray``: the same server in several replicas)
 
 Code that needs one of them imports it through :func:`require`, at the point of use and never at module import
 time, so that a missing package becomes one line saying which extra to install instead of a traceback.
@@ -17,7 +18,7 @@ from types import ModuleType
 
 from googlenet.errors import GoogLeNetError
 
-EXTRAS = ("deploy", "viz", "explain", "serve")
+EXTRAS = ("deploy", "viz", "explain", "serve", "ray")
 
 
 class MissingExtraError(GoogLeNetError, ImportError):

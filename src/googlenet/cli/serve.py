@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from googlenet.cli.common import Commands, UsageError, add_engine_arguments, positive_int
+
+if TYPE_CHECKING:
+    from googlenet.serve.service import ServeSettings
 
 
 def register(commands: Commands) -> None:
@@ -36,6 +40,13 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--name", default="googlenet", help="the model's name in the Open Inference Protocol (/v2/models/NAME)"
     )
+    ray = parser.add_argument_group("ray", "the same server in several Ray Serve replicas (the [ray] extra)")
+    ray.add_argument("--ray", action="store_true", help="serve through Ray Serve instead of one process")
+    ray.add_argument("--replicas", type=positive_int, default=2, help="replicas of the model (default: 2)")
+    ray.add_argument(
+        "--max-replicas", type=positive_int, help="autoscale from --replicas up to this many as the load asks"
+    )
+    ray.add_argument("--ray-address", help="join this Ray cluster (default: start Ray on this machine)")
     add_engine_arguments(parser, int8=False)
 
 
@@ -48,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
     for module in ("fastapi", "uvicorn", "python_multipart"):
         require(module, "serve", "googlenet serve")
+    if args.ray:
+        require("ray.serve", "ray", "googlenet serve --ray")
+        if args.max_replicas is not None and args.max_replicas < args.replicas:
+            raise UsageError(f"--max-replicas ({args.max_replicas}) must be at least --replicas ({args.replicas})")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535; got {args.port}")
     from googlenet.deploy.triton import NAME_PATTERN
@@ -72,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=(*LOOPBACK_HOSTS, *args.allowed_host) if args.host in LOOPBACK else tuple(args.allowed_host),
         model_name=args.name,
     )
+    if args.ray:
+        return _serve_with_ray(args, settings)
     app = create_app(args.checkpoint, settings)
     service = app.state.service
     print(f"serving {service.info['variant']} ({len(service.class_names)} classes) with {service.engine_reason}")
@@ -81,4 +98,35 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"listening on {args.host}: reachable from other machines; there is no authentication")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _serve_with_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
+    import time
+
+    from googlenet.run.checkpoint import load_checkpoint
+    from googlenet.serve import ray_serve
+
+    load_checkpoint(args.checkpoint)  # a bad checkpoint is one line here, not a replica failing in a loop
+    scaling = f"{args.replicas} to {args.max_replicas}, autoscaled" if args.max_replicas else str(args.replicas)
+    print(f"starting Ray Serve: {scaling} replicas of {args.checkpoint}")
+    ray_serve.start(
+        args.checkpoint,
+        settings,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        address=args.ray_address,
+    )
+    print(f"serving on http://{args.host}:{args.port}/ (the page, /v1 and /v2); Ctrl-C stops")
+    if args.host not in LOOPBACK:
+        print(f"listening on {args.host}: reachable from other machines; there is no authentication")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping Ray Serve")
+    finally:
+        ray_serve.stop()
     return 0

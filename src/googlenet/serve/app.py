@@ -17,13 +17,13 @@ nothing optional); the routes and their handlers are in googlenet.serve.routes, 
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from googlenet.extras import require
-from googlenet.serve.batcher import DynamicBatcher
+from googlenet.serve.batcher import DynamicBatcher, ModelThread
 from googlenet.serve.images import UploadError
 from googlenet.serve.service import ModelService, ServeSettings
 
@@ -106,8 +106,14 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) -> "FastAPI":
-    """The application for ``checkpoint``; run it with uvicorn (``googlenet serve`` does)."""
+def create_app(
+    checkpoint: str | Path,
+    settings: ServeSettings | None = None,
+    *,
+    batcher: Callable[[Callable[[Any], Any], ServeSettings], ModelThread] | None = None,
+) -> "FastAPI":
+    """The application for ``checkpoint``; run it with uvicorn (``googlenet serve`` does). ``batcher`` makes the
+    batcher from the engine and the settings: our DynamicBatcher unless Ray Serve's batching is asked for."""
     require("fastapi", "serve", "googlenet serve")
     require("python_multipart", "serve", "googlenet serve")  # python-multipart: FastAPI's form parser
     from fastapi import FastAPI
@@ -118,15 +124,20 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
 
     settings = settings or ServeSettings()
     service = ModelService(checkpoint, settings)
-    batcher = DynamicBatcher(service.engine, max_batch=settings.max_batch, wait_ms=settings.wait_ms)
+    if batcher is None:
+        model_batcher: ModelThread = DynamicBatcher(
+            service.engine, max_batch=settings.max_batch, wait_ms=settings.wait_ms
+        )
+    else:
+        model_batcher = batcher(service.engine, settings)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         # Made in the serving event loop: a semaphore belongs to the loop that first waits on it.
         app.state.decode_slots = asyncio.Semaphore(settings.decode_slots)
-        await batcher.start()
+        await model_batcher.start()
         yield
-        await batcher.stop()
+        await model_batcher.stop()
 
     app = FastAPI(
         title="GoogLeNet",
@@ -135,7 +146,7 @@ def create_app(checkpoint: str | Path, settings: ServeSettings | None = None) ->
         version="1",
         lifespan=lifespan,
     )
-    app.state.service, app.state.batcher, app.state.settings = service, batcher, settings
+    app.state.service, app.state.batcher, app.state.settings = service, model_batcher, settings
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_middleware(BodyLimit, limit=settings.body_limit, timeout=settings.body_timeout_s)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts)  # added last: runs first

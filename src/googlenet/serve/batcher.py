@@ -38,16 +38,51 @@ class Answer:
         return self.logits.softmax(0)
 
 
-class DynamicBatcher:
-    def __init__(self, run: Callable[[Tensor], Tensor], *, max_batch: int = 16, wait_ms: float = 5.0) -> None:
+class ModelThread:
+    """One thread runs every model call (batches and the page's explanations), so they never compete for cores;
+    a batcher decides which images share a call."""
+
+    def __init__(self, run: Callable[[Tensor], Tensor], *, max_batch: int) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._run = run
         self.max_batch = max_batch
-        self.wait_s = max(0.0, wait_ms) / 1000
-        # One thread runs every model call (batches and the page's explanations), so they never compete for cores.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="googlenet-model")
         self.batch_sizes: Counter[int] = Counter()
+
+    async def start(self) -> None:
+        """Called in the serving event loop before the first request."""
+
+    async def stop(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, image: Tensor) -> Answer:
+        """One preprocessed image (C, H, W) -> its answer, once its batch has run."""
+        raise NotImplementedError
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the model thread, between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def run_batch(self, images: list[Tensor], submitted: list[float]) -> list[Answer]:
+        """The images (each (C, H, W)) through the model as one batch, on the model thread."""
+        started = time.perf_counter()
+        logits = await self.call(self._logits, torch.stack(images))
+        run_ms = (time.perf_counter() - started) * 1000
+        self.batch_sizes[len(images)] += 1
+        return [
+            Answer(row, len(images), (started - at) * 1000, run_ms) for row, at in zip(logits, submitted, strict=True)
+        ]
+
+    def _logits(self, batch: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self._run(batch).float()
+
+
+class DynamicBatcher(ModelThread):
+    def __init__(self, run: Callable[[Tensor], Tensor], *, max_batch: int = 16, wait_ms: float = 5.0) -> None:
+        super().__init__(run, max_batch=max_batch)
+        self.wait_s = max(0.0, wait_ms) / 1000
         self._queue: asyncio.Queue[tuple[Tensor, float, asyncio.Future[Answer]]] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -64,7 +99,7 @@ class DynamicBatcher:
             _, _, future = self._queue.get_nowait()
             if not future.done():
                 future.set_exception(RuntimeError("the server is shutting down"))
-        self.executor.shutdown(wait=True)
+        await super().stop()
 
     async def submit(self, image: Tensor) -> Answer:
         """Queue one preprocessed image (C, H, W); its answer arrives when its batch has run."""
@@ -73,10 +108,6 @@ class DynamicBatcher:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         await self._queue.put((image, time.perf_counter(), future))
         return await future
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the model thread, between batches."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def _gather(self) -> list[tuple[Tensor, float, asyncio.Future[Answer]]]:
         assert self._queue is not None
@@ -101,21 +132,13 @@ class DynamicBatcher:
             live = [item for item in items if not item[2].done()]  # a client that hung up needs no answer
             if not live:
                 continue
-            started = time.perf_counter()
             try:
-                batch = torch.stack([image for image, _, _ in live])
-                logits = await self.call(self._logits, batch)
+                answers = await self.run_batch([image for image, _, _ in live], [at for _, at, _ in live])
             except Exception as error:  # every waiting request learns of it; the server goes on
                 for _, _, future in live:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            run_ms = (time.perf_counter() - started) * 1000
-            self.batch_sizes[len(live)] += 1
-            for (_, submitted, future), row in zip(live, logits, strict=True):
+            for (_, _, future), answer in zip(live, answers, strict=True):
                 if not future.done():
-                    future.set_result(Answer(row, len(live), (started - submitted) * 1000, run_ms))
-
-    def _logits(self, batch: Tensor) -> Tensor:
-        with torch.inference_mode():
-            return self._run(batch).float()
+                    future.set_result(answer)

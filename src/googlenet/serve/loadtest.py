@@ -3,18 +3,22 @@
 ``run_load`` sends a fixed number of requests from a fixed number of concurrent clients (some of them bad on
 purpose) and accounts for every one: answered as expected, answered wrongly, or failed. ``python -m
 googlenet.serve.loadtest CKPT IMAGE`` starts the server twice on a free loopback port, once with dynamic
-batching and once without, and prints throughput and p50/p99 latency for each: what the README quotes.
+batching and once without (or, with ``--ray N``, once as one process and once as N Ray Serve replicas), and
+prints throughput and p50/p99 latency for each at every ``--concurrency``: what docs/performance.md quotes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,41 +165,79 @@ class BackgroundServer:
         self.thread.join(timeout=30)
 
 
+@contextlib.contextmanager
+def _single_process(checkpoint: str, settings: Any) -> Iterator[str]:
+    from googlenet.serve.app import create_app
+
+    with BackgroundServer(create_app(checkpoint, settings)) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _ray_replicas(checkpoint: str, settings: Any, replicas: int) -> Iterator[str]:
+    from googlenet.serve import ray_serve
+
+    port = free_port()
+    ray_serve.start(checkpoint, settings, host="127.0.0.1", port=port, replicas=replicas)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        ray_serve.stop()
+
+
 def main() -> int:
     import httpx
 
-    from googlenet.serve.app import create_app
     from googlenet.serve.service import ServeSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("image", help="the image every good request sends")
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16], help="clients at once (one run each)")
     parser.add_argument("--backend", default="auto", help="as googlenet serve: auto measures the engines")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument(
+        "--ray", type=int, metavar="REPLICAS", help="compare with Ray Serve replicas instead of with no batching"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     image = Path(args.image).read_bytes()
     kind = "image/jpeg" if args.image.lower().endswith((".jpg", ".jpeg")) else "image/png"
-    results = {}
-    for label, max_batch in (("dynamic batching (16, 5 ms)", 16), ("one request at a time", 1)):
-        settings = ServeSettings(backend=args.backend, precision=args.precision, max_batch=max_batch)
-        with BackgroundServer(create_app(args.checkpoint, settings)) as server:
-            run_load(server.url, image, content_type=kind, requests=50, concurrency=args.concurrency)  # warm-up
-            outcome = run_load(
-                server.url, image, content_type=kind, requests=args.requests, concurrency=args.concurrency
-            )
-            engine = httpx.get(f"{server.url}/healthz").json()["engine"]
-        results[label] = {"engine": engine, **outcome.summary()}
-        print(json.dumps({label: results[label]}))
+    batched = ServeSettings(backend=args.backend, precision=args.precision, max_batch=16)
+    servers: dict[str, Callable[[], contextlib.AbstractContextManager[str]]] = {
+        "one process, dynamic batching (16, 5 ms)": lambda: _single_process(args.checkpoint, batched)
+    }
+    if args.ray:
+        label = f"Ray Serve, {args.ray} replicas, @serve.batch (16, 5 ms)"
+        servers[label] = lambda: _ray_replicas(args.checkpoint, batched, args.ray)
+    else:
+        one = dataclasses.replace(batched, max_batch=1)
+        servers["one process, one request at a time"] = lambda: _single_process(args.checkpoint, one)
+    results: dict[str, dict[str, Any]] = {}
+    for label, server in servers.items():
+        with server() as url:
+            engine = httpx.get(f"{url}/healthz").json()["engine"]
+            for clients in args.concurrency:
+                run_load(url, image, content_type=kind, requests=50, concurrency=clients)  # warm-up
+                outcome = run_load(url, image, content_type=kind, requests=args.requests, concurrency=clients)
+                key = f"{label}, {clients} clients"
+                results[key] = {"server": label, "engine": engine, **outcome.summary()}
+                print(json.dumps({key: results[key]}))
     print()
-    print(f"{args.requests:,} requests from {args.concurrency} clients, {Path(args.image).name}")
-    print("| server | engine | images/s | p50 latency | p99 latency | mean batch |")
-    print("|---|---|---:|---:|---:|---:|")
-    for label, r in results.items():
-        latency = f"{r['p50_ms']} ms | {r['p99_ms']} ms"
-        print(f"| {label} | {r['engine']} | {r['images_per_s']} | {latency} | {r['mean_batch']} |")
+    print(f"{args.requests:,} requests at each concurrency, {Path(args.image).name}")
+    print("| server | engine | clients | images/s | p50 latency | p99 latency | mean batch |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in results.values():
+        cells = [
+            r["server"],
+            r["engine"],
+            r["concurrency"],
+            r["images_per_s"],
+            f"{r['p50_ms']} ms",
+            f"{r['p99_ms']} ms",
+        ]
+        print("| " + " | ".join(map(str, [*cells, r["mean_batch"]])) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0 if all(not r["unexpected"] for r in results.values()) else 1

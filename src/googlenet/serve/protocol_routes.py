@@ -24,7 +24,7 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from googlenet.serve.batcher import DynamicBatcher
+from googlenet.serve.batcher import ModelThread
 from googlenet.serve.images import UploadError
 from googlenet.serve.protocol import InferRequest, OutputTensor, Requested, encode_infer, parse_infer, refuse
 from googlenet.serve.routes import decoded_upload, read_body
@@ -37,7 +37,7 @@ OUTPUTS = ("logits", "probabilities", "indices", "labels")
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 
 
-def _state(request: Request) -> tuple[ModelService, DynamicBatcher, ServeSettings]:
+def _state(request: Request) -> tuple[ModelService, ModelThread, ServeSettings]:
     state = request.app.state
     return state.service, state.batcher, state.settings
 

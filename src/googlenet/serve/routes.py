@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from googlenet.serve.batcher import DynamicBatcher
+from googlenet.serve.batcher import ModelThread
 from googlenet.serve.images import UploadError, check_content_type, decode_image
 from googlenet.serve.service import ModelService, ServeSettings
 
@@ -69,8 +69,8 @@ def _service(request: Request) -> ModelService:
     return service
 
 
-def _batcher(request: Request) -> DynamicBatcher:
-    batcher: DynamicBatcher = request.app.state.batcher
+def _batcher(request: Request) -> ModelThread:
+    batcher: ModelThread = request.app.state.batcher
     return batcher
 
 
