@@ -30,6 +30,11 @@ from googlenet.serve.service import ModelService, ServeSettings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+# How uvicorn runs the application. Its HTTP parser is h11 whatever else is installed: httptools (which
+# uvicorn prefers when present) refuses some malformed requests itself with a plain-text 400, before the
+# guards below can answer them as JSON.
+UVICORN_OPTIONS: dict[str, Any] = {"http": "h11", "log_level": "warning", "access_log": False}
+
 
 async def send_json_error(send: Any, status: int, message: str, *, close: bool = False) -> None:
     """A JSON ``{"error": ...}`` answer sent from ASGI middleware, before the application sees the request;

@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -79,7 +81,6 @@ async def _load(
 
     result = LoadResult(requests, concurrency, 0.0, 0, 0)
     counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async def client(session: httpx.AsyncClient) -> None:
         for index in counter:  # shared: each request is sent exactly once
@@ -109,8 +110,14 @@ async def _load(
                 result.unexpected.append(f"request {index}: {response.status_code} with a malformed answer: {error}")
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=120, limits=limits) as session:
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    # One connection per client, each in its own pool: one shared pool of 64 connections costs the load
+    # generator about five times the CPU per request of 16, which on 2 cores starves the server it measures.
+    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    sessions = [httpx.AsyncClient(timeout=120, limits=one) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(client(session) for session in sessions))
+    finally:
+        await asyncio.gather(*(session.aclose() for session in sessions))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -142,7 +149,9 @@ class BackgroundServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        from googlenet.serve.app import UVICORN_OPTIONS
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, **UVICORN_OPTIONS)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -167,10 +176,37 @@ class BackgroundServer:
 
 @contextlib.contextmanager
 def _single_process(checkpoint: str, settings: Any) -> Iterator[str]:
-    from googlenet.serve.app import create_app
+    """`googlenet serve` in a process of its own, as it runs for real: a server in this process would share
+    the interpreter lock with the load generator's clients, which at 64 clients starves it."""
+    import httpx
 
-    with BackgroundServer(create_app(checkpoint, settings)) as server:
-        yield server.url
+    port = free_port()
+    command = [sys.executable, "-m", "googlenet.cli", "serve", checkpoint, "--port", str(port)]
+    command += [
+        "--backend",
+        settings.backend,
+        "--precision",
+        settings.precision,
+        "--max-batch",
+        str(settings.max_batch),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"googlenet serve exited with status {server.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"googlenet serve did not answer on {url} within 300 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(60)
 
 
 @contextlib.contextmanager
@@ -209,7 +245,7 @@ def main() -> int:
         "one process, dynamic batching (16, 5 ms)": lambda: _single_process(args.checkpoint, batched)
     }
     if args.ray:
-        label = f"Ray Serve, {args.ray} replicas, @serve.batch (16, 5 ms)"
+        label = f"Ray Serve, {args.ray} replica{'s' if args.ray > 1 else ''}, @serve.batch (16, 5 ms)"
         servers[label] = lambda: _ray_replicas(args.checkpoint, batched, args.ray)
     else:
         one = dataclasses.replace(batched, max_batch=1)
