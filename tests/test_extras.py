@@ -89,14 +89,14 @@ def test_no_module_imports_an_optional_package_at_import_time() -> None:
     """Every module of the package, the CLI's parser (which imports every command's module) and the commands of
     the core install work with none of the extras' packages importable. One module is the [serve] extra's own:
     the server's routes (its own and the Open Inference Protocol's), which FastAPI reads at import and which only
-    create_app imports, after checking."""
+    create_app imports, after checking, and its uvicorn connection."""
     result = run_without(
         OPTIONAL,
         """
         import importlib, pkgutil
         import googlenet
         for info in pkgutil.walk_packages(googlenet.__path__, "googlenet."):
-            if not info.name.endswith((".__main__", "serve.routes", "serve.protocol_routes")):  # [serve]'s own
+            if not info.name.endswith((".__main__", "serve.routes", "serve.protocol_routes", "serve.connection")):
                 importlib.import_module(info.name)
         from googlenet.cli import build_parser, main
         build_parser()

@@ -2,6 +2,7 @@
 browser on the page, and a bounded load test with bad requests mixed in."""
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -421,6 +422,46 @@ def test_a_stalled_upload_times_out_with_408(run_dir: Path) -> None:
         answer, _ = raw_exchange(server, request + b"\x89PNG")  # 4 of 1,000 bytes, then nothing
         status, error = json_error(answer)
         assert status == 408 and "stalled" in error
+
+
+def test_a_header_that_trickles_in_or_never_comes_times_out_with_408(run_dir: Path) -> None:
+    settings = dataclasses.replace(SETTINGS, header_timeout_s=0.5)
+    with BackgroundServer(create_app(run_dir / "checkpoints" / "best.pt", settings)) as server:
+        for sent in (b"", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"):  # nothing; a header never finished
+            started = time.monotonic()
+            answer, closed = raw_exchange(server, sent)
+            status, error = json_error(answer)
+            assert closed and status == 408 and "did not arrive within 0.5 s" in error
+            assert time.monotonic() - started < 5
+        # A header sent a byte at a time is held only as long as the deadline, however steadily it trickles.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            started, answer = time.monotonic(), b""
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:  # closed by the server
+                    break
+                time.sleep(0.02)
+            with contextlib.suppress(OSError):
+                while chunk := connection.recv(65536):
+                    answer += chunk
+        assert json_error(answer)[0] == 408 and time.monotonic() - started < 3
+        # A keep-alive connection serves one request after another, each within its own deadline.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            for _ in range(2):
+                connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+                time.sleep(0.3)
+
+
+def test_requests_that_are_not_http_get_json_answers(live_server: BackgroundServer) -> None:
+    answer, closed = raw_exchange(live_server, b"HELLO THERE\r\n\r\n")
+    assert closed and json_error(answer) == (400, "the request is not valid HTTP/1.1")
+    huge = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
+    answer, closed = raw_exchange(live_server, huge)
+    assert closed and json_error(answer) == (431, "the request header is over 32,768 bytes")
+    fine = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\nConnection: close\r\n\r\n"
+    assert raw_exchange(live_server, fine)[0].startswith(b"HTTP/1.1 200")
 
 
 def test_a_client_that_hangs_up_mid_upload_is_one_log_line(

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-upload-mb must be in (0, 1024] and --batch-wait-ms in [0, 1000]")
     import uvicorn
 
-    from googlenet.serve.app import UVICORN_OPTIONS, create_app
+    from googlenet.serve.app import create_app, uvicorn_options
     from googlenet.serve.service import ServeSettings
 
     settings = ServeSettings(
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Open Inference Protocol: model {args.name!r} at /v2/models/{args.name}/infer")
     if args.host not in LOOPBACK:
         print(f"listening on {args.host}: reachable from other machines; there is no authentication")
-    uvicorn.run(app, host=args.host, port=args.port, **UVICORN_OPTIONS)
+    uvicorn.run(app, host=args.host, port=args.port, **uvicorn_options(settings))
     return 0
 
 

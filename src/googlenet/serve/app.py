@@ -30,10 +30,19 @@ from googlenet.serve.service import ModelService, ServeSettings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-# How uvicorn runs the application. Its HTTP parser is h11 whatever else is installed: httptools (which
-# uvicorn prefers when present) refuses some malformed requests itself with a plain-text 400, before the
-# guards below can answer them as JSON.
-UVICORN_OPTIONS: dict[str, Any] = {"http": "h11", "log_level": "warning", "access_log": False}
+
+def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    """How uvicorn runs the application: its h11 connection with a header deadline and JSON errors
+    (googlenet.serve.connection), whatever else is installed. httptools, which uvicorn prefers when present,
+    would refuse some malformed requests itself with a plain-text 400."""
+    from googlenet.serve.connection import HEADER_LIMIT, guarded_protocol
+
+    return {
+        "http": guarded_protocol(settings.header_timeout_s),
+        "h11_max_incomplete_event_size": HEADER_LIMIT,
+        "log_level": "warning",
+        "access_log": False,
+    }
 
 
 async def send_json_error(send: Any, status: int, message: str, *, close: bool = False) -> None:

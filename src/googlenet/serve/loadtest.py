@@ -149,9 +149,9 @@ class BackgroundServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        from googlenet.serve.app import UVICORN_OPTIONS
+        from googlenet.serve.app import uvicorn_options
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, **UVICORN_OPTIONS)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, **uvicorn_options(app.state.settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -43,6 +43,7 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     decode_slots: int = 2  # images decoded at once: wide images take several bytes a pixel while converted
     body_timeout_s: float = 30.0  # the longest a client may pause while it sends a request body
+    header_timeout_s: float = 10.0  # the longest a request's header may take to arrive
     model_name: str = "googlenet"  # the model's name in the Open Inference Protocol's /v2/models/NAME
 
     @property
