@@ -220,6 +220,17 @@ PNG_HEADER = b"\x89PNG\r\n\x1a\n"
             400,
             "nested deeper",
         ),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, 400, "nests its JSON too deeply"),
+        (
+            {
+                "inputs": [
+                    {"name": "images", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [10**400] + [0] * 783}
+                ]
+            },
+            None,
+            400,
+            "out of the range of FP32",
+        ),
         (b"{}", {"Content-Encoding": "gzip"}, 415, "Content-Encoding 'gzip'"),
         (b"{}", {"Inference-Header-Content-Length": "99"}, 400, "is not a length within the body"),
     ],

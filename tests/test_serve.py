@@ -424,6 +424,22 @@ def test_a_stalled_upload_times_out_with_408(run_dir: Path) -> None:
         assert status == 408 and "stalled" in error
 
 
+def test_a_fault_of_the_server_is_a_json_500_and_it_goes_on(run_dir: Path, sample: Path) -> None:
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the engine failed")
+
+    def batcher(_engine: object, settings: ServeSettings) -> DynamicBatcher:
+        return DynamicBatcher(broken, max_batch=settings.max_batch, wait_ms=settings.wait_ms)
+
+    app = create_app(run_dir / "checkpoints" / "best.pt", SETTINGS, batcher=batcher)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(2):
+            response = client.post("/v1/predict", content=sample.read_bytes(), headers={"Content-Type": "image/png"})
+            assert response.status_code == 500
+            assert response.json() == {"error": "the server failed on this request; its log says why"}
+        assert client.get("/healthz").status_code == 200
+
+
 def test_a_header_that_trickles_in_or_never_comes_times_out_with_408(run_dir: Path) -> None:
     settings = dataclasses.replace(SETTINGS, header_timeout_s=0.5)
     with BackgroundServer(create_app(run_dir / "checkpoints" / "best.pt", settings)) as server:

@@ -63,6 +63,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         request = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise refuse(f"the inference request is not JSON: {error}") from None
+    except RecursionError:  # lists nested thousands deep
+        raise refuse("the inference request nests its JSON too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise refuse('the inference request needs "inputs": a list of named tensors')
     parameters = _object(request.get("parameters", {}), "the request's parameters")
@@ -135,7 +137,11 @@ def _read_input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarra
         return name, _bytes_from_json(name, flat).reshape(shape), offset
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
         raise refuse(f"input {name!r}: {datatype} data must be numbers")
-    return name, np.asarray(flat, dtype=NUMERIC[datatype]).reshape(shape), offset
+    try:
+        array = np.asarray(flat, dtype=NUMERIC[datatype])
+    except OverflowError:  # a JSON integer past what the datatype holds
+        raise refuse(f"input {name!r}: a value is out of the range of {datatype}") from None
+    return name, array.reshape(shape), offset
 
 
 def _flatten(data: Any, name: str) -> list[Any]:

@@ -138,19 +138,19 @@ async def _model_inputs(request: Request, parsed: InferRequest) -> list[torch.Te
     if len(parsed.inputs) != 1:
         raise refuse(f"send one input, {FILES!r} or {IMAGES!r}, not both")
     (name, array), prep = next(iter(parsed.inputs.items())), service.prep
+    expected = [prep.in_channels, prep.image_size, prep.image_size]
+    if name == FILES and (array.dtype != object or array.ndim != 1):
+        raise refuse(f"input {FILES!r} must be BYTES with shape [N]: one image file per element")
+    if name == IMAGES and (array.dtype != np.float32 or list(array.shape[1:]) != expected):
+        raise refuse(f"input {IMAGES!r} must be FP32 with shape [N, {', '.join(map(str, expected))}]")
     count = array.shape[0]
     if not 1 <= count <= settings.max_files:
         raise refuse(f"input {name!r} holds {count} images; send 1 to {settings.max_files} per request")
     if name == FILES:
-        if array.dtype != object or array.ndim != 1:
-            raise refuse(f"input {FILES!r} must be BYTES with shape [N]: one image file per element")
         for i, data in enumerate(array):
             if len(data) > settings.max_bytes:
                 raise UploadError(413, f"{FILES}[{i}] is {len(data):,} bytes; the limit is {settings.max_bytes:,}")
         return list(await asyncio.gather(*(decoded_upload(request, f"{FILES}[{i}]", d) for i, d in enumerate(array))))
-    expected = [prep.in_channels, prep.image_size, prep.image_size]
-    if array.dtype != np.float32 or list(array.shape[1:]) != expected:
-        raise refuse(f"input {IMAGES!r} must be FP32 with shape [N, {', '.join(map(str, expected))}]")
     if not np.isfinite(array).all():
         raise refuse(f"input {IMAGES!r} has values that are not finite (NaN or infinity)")
     return list(torch.from_numpy(array).unbind(0))

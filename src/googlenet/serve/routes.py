@@ -58,6 +58,12 @@ def add_error_handlers(app: FastAPI) -> None:
         LOG.warning("%s %s: the client hung up before its request was read", request.method, request.url.path)
         return Response(status_code=400)
 
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, _error: Exception) -> JSONResponse:
+        # A fault of ours, not the client's: its traceback goes to the log (starlette logs it after this
+        # answer), and the client gets JSON like every other answer, naming nothing inside the server.
+        return JSONResponse({"error": "the server failed on this request; its log says why"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
