@@ -231,6 +231,7 @@ PNG_HEADER = b"\x89PNG\r\n\x1a\n"
             400,
             "out of the range of FP32",
         ),
+        (b"[" + b"0," * 5_000_000 + b"0]", None, 413, "JSON is over 8 MB: send large tensors as binary data"),
         (b"{}", {"Content-Encoding": "gzip"}, 415, "Content-Encoding 'gzip'"),
         (b"{}", {"Inference-Header-Content-Length": "99"}, 400, "is not a length within the body"),
     ],

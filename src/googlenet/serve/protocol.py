@@ -27,6 +27,10 @@ from googlenet.serve.images import UploadError
 # The datatypes this server reads or writes, as numpy dtypes (little-endian, as the protocol's binary data is).
 NUMERIC: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 MAX_DIMS = 8
+# The largest JSON part of a request. Parsed JSON takes up to about 8 bytes of memory per byte (a list entry
+# for every "0,"), so a body the size of the upload limit must not be JSON; tensors that large travel as
+# binary data, tritonclient's default.
+JSON_LIMIT = 8 * 2**20
 
 
 def refuse(message: str) -> UploadError:
@@ -59,6 +63,10 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         if not (header_length.isascii() and header_length.isdigit() and int(header_length) <= len(body)):
             raise refuse(f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the body")
         head, rest = body[: int(header_length)], body[int(header_length) :]
+    if len(head) > JSON_LIMIT:
+        raise UploadError(
+            413, f"the request's JSON is over {JSON_LIMIT // 2**20} MB: send large tensors as binary data"
+        )
     try:
         request = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
