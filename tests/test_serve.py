@@ -511,6 +511,52 @@ def test_an_image_that_breaks_the_decoder_is_a_400(client: TestClient) -> None:
     assert response.status_code == 400 and "could not be decoded" in response.json()["error"]
 
 
+def hostile_images() -> dict[str, tuple[bytes, int]]:
+    """Files that have broken image servers, each with the status it must get: compressed-text bombs inside
+    a PNG, headers declaring billions of pixels, a negative height, a zero maxval, damaged data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def png_with(extra: bytes) -> bytes:
+        header = chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+        pixels = chunk(b"IDAT", zlib.compress(b"\x00" + b"\x80" * 8))
+        return b"\x89PNG\r\n\x1a\n" + header + extra + pixels + chunk(b"IEND", b"")
+
+    def saved(image: Image.Image, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    bomb = zlib.compress(b"a" * 20_000_000)
+    bmp = bytearray(saved(Image.new("RGB", (10, 10)), "BMP"))
+    wide_bmp = bytes(bmp[:18]) + struct.pack("<i", 2**31 - 1) + bytes(bmp[22:])
+    bmp[22:26] = struct.pack("<i", -10)  # stored top-down: valid
+    jpeg = saved(Image.new("RGB", (16, 16)), "JPEG")
+    sof = jpeg.find(b"\xff\xc0") + 5
+    return {
+        "zTXt bomb": (png_with(chunk(b"zTXt", b"k\x00\x00" + bomb)), 400),
+        "iCCP bomb": (png_with(chunk(b"iCCP", b"p\x00\x00" + bomb)), 400),
+        "BMP of 2^31 x 10": (wide_bmp, 413),
+        "top-down BMP": (bytes(bmp), 200),
+        "JPEG declaring 65500 x 65500": (jpeg[:sof] + struct.pack(">HH", 65500, 65500) + jpeg[sof + 4 :], 413),
+        "PGM of 100000 x 100000": (b"P5\n100000 100000\n255\n" + b"\xff" * 32, 413),
+        "PGM with maxval 0": (b"P5\n4 4\n0\n" + b"\xff" * 16, 400),
+        "16-bit PGM": (b"P5\n4 4\n65535\n" + b"\xff" * 32, 200),
+        "ICO": (saved(Image.new("RGB", (16, 16)), "ICO"), 400),
+        "float TIFF": (saved(Image.new("F", (16, 16)), "TIFF"), 200),
+        "half a JPEG": (jpeg[: len(jpeg) // 2], 400),
+    }
+
+
+@pytest.mark.parametrize("name", list(hostile_images()))
+def test_hostile_images_get_their_answer_as_json(client: TestClient, name: str) -> None:
+    data, status = hostile_images()[name]
+    response = client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+    assert response.status_code == status, response.text
+    assert ("predictions" if status == 200 else "error") in response.json()
+
+
 def test_decodes_run_a_few_at_a_time(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Wide images take several bytes a pixel while converted: at most decode_slots of them at once."""
     from googlenet.serve import routes
