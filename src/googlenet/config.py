@@ -23,8 +23,9 @@ class ConfigError(GoogLeNetError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion-mnist"  # "fashion-mnist" or "folder"
-    root: str = "data"  # fashion-mnist: where its files are kept; folder: a folder with train/ (and val/)
+    dataset: str = "fashion-mnist"  # "fashion-mnist", "folder" or "shards" (packed by `googlenet data pack`)
+    # fashion-mnist: where its files are kept; folder: a folder with train/ (and val/); shards: the packed folder
+    root: str = "data"
     image_size: int = 28  # what the model is validated and tested at (and trained at, without start_size)
     # Progressive resizing: training starts at this size and grows in 8-px steps to image_size, which it
     # reaches when the learning-rate decay is grow_until of the way through; 0 = off.
@@ -39,7 +40,7 @@ class DataConfig:
     # Random erasing (Zhong et al., 2017): the chance that a training image has a random rectangle (2%-33% of
     # its area, aspect 0.3-3.3) set to the mean pixel; 0 = off. Works with every augment setting.
     erase: float = 0.0
-    workers: int = 2  # image folders only; Fashion-MNIST is batched in memory
+    workers: int = 2  # image folders and shards; Fashion-MNIST is batched in memory
 
 
 @dataclass
@@ -115,7 +116,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("fashion-mnist", "folder"),
+    "data.dataset": ("fashion-mnist", "folder", "shards"),
     "data.augment": ("none", "flip", "flip-crop", "paper", "modern"),
     "schedule.name": ("paper", "step", "cosine", "onecycle", "constant"),
     "train.precision": ("fp32", "bf16"),

@@ -1,4 +1,5 @@
-"""`googlenet data inspect|prepare`: look at an image folder, or put Fashion-MNIST where training reads it."""
+"""`googlenet data inspect|prepare|pack`: look at an image folder, put Fashion-MNIST where training reads it,
+or pack an image folder into shards."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ def register(commands: Commands) -> None:
     inspect.add_argument("--no-progress", action="store_true")
     prepare = data.add("prepare", run_prepare, "put Fashion-MNIST where training reads it")
     prepare.add_argument("--root", default="data", help="data root (default: data)")
+    pack = data.add("pack", run_pack, "pack an image folder into shards of pre-resized JPEGs (WebDataset tar)")
+    pack.add_argument("folder", help="train/ and val/ (and test/) of class folders, or class folders alone")
+    pack.add_argument("--out", required=True, help="the folder for the shards and their index")
+    pack.add_argument("--max-side", type=int, default=256, help="longer side of the stored images (default: 256)")
+    pack.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
+    pack.add_argument("--shard-size", default="1GB", help="bytes per shard (default: 1GB)")
+    pack.add_argument("--workers", type=int, default=0, help="processes encoding images (default: every core)")
+    pack.add_argument("--no-progress", action="store_true")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -41,4 +50,20 @@ def run_prepare(args: argparse.Namespace) -> int:
     from googlenet.data import ensure_fashion_mnist
 
     print(f"Fashion-MNIST ready in {ensure_fashion_mnist(args.root)}")
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from googlenet.cli.common import progress_wanted
+    from googlenet.data.pack import PackSettings, pack_folder, parse_size
+
+    settings = PackSettings(max_side=args.max_side, quality=args.quality, shard_bytes=parse_size(args.shard_size))
+    result = pack_folder(args.folder, args.out, settings, workers=args.workers, progress=progress_wanted(args))
+    for split, count in result.samples.items():
+        print(f"{split}: {count:,} images in {result.shards[split]} shard(s)")
+    if result.resumed_shards:
+        print(f"resumed: {result.resumed_shards} shard(s) were already complete")
+    for skipped in result.skipped:
+        print(f"skipped {skipped['path']}: {skipped['reason']}")
+    print(f'wrote {result.out} (train with data.dataset = "shards", data.root = "{result.out}")')
     return 0

@@ -217,10 +217,12 @@ class LoaderBatches:
         workers: int,
         pin_memory: bool,
         shard: tuple[int, int] = (0, 1),
+        sampler: EpochSampler | None = None,
     ) -> None:
         self.num_samples = len(dataset)  # type: ignore[arg-type]
         self.batch_size = batch_size  # the global batch; each of world_size processes loads its share
-        self.sampler = EpochSampler(self.num_samples, shuffle, seed, shard)
+        # The order of an epoch: a seeded shuffle of all samples unless the data brings its own (shards).
+        self.sampler = sampler or EpochSampler(self.num_samples, shuffle, seed, shard)
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size // shard[1],
@@ -228,6 +230,9 @@ class LoaderBatches:
             num_workers=workers,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,  # no worker start-up cost at every epoch
+            # The loader's own generator for its workers' seeds: drawn from the global one, it would shift
+            # the model's dropout draws whenever a run resumes mid-epoch.
+            generator=seeded_generator(seed, -2),
         )
 
     def __len__(self) -> int:

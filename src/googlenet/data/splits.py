@@ -17,6 +17,7 @@ from googlenet.data.fashion import (
 from googlenet.data.folders import folder_bundle, folder_split, image_folder
 from googlenet.data.images import collect_images
 from googlenet.data.preprocessing import Preprocessing
+from googlenet.data.shards import read_index, shard_bundle, shard_eval_split
 from googlenet.errors import DataError
 
 
@@ -36,6 +37,8 @@ def build_data(
         raise DataError(f"data.batch_size={cfg.batch_size} must divide evenly among {shard[1]} processes")
     if cfg.dataset == "fashion-mnist":
         return fashion_mnist_bundle(cfg, seed, allow_download=True, norm=norm, shard=shard)
+    if cfg.dataset == "shards":
+        return shard_bundle(cfg, in_channels or 3, seed, pin_memory, norm, shard)
     return folder_bundle(cfg, in_channels or 3, seed, pin_memory, norm, shard)
 
 
@@ -43,6 +46,11 @@ def test_split_size(cfg: DataConfig) -> int:
     """How many images `evaluate --split test` will read: Fashion-MNIST's 10,000 or the folder's test/ (0 if none)."""
     if cfg.dataset == "fashion-mnist":
         return FASHION_MNIST_TEST_IMAGES
+    if cfg.dataset == "shards":
+        try:
+            return int(read_index(cfg.root).splits.get("test", {}).get("samples", 0))
+        except DataError:
+            return 0
     test = Path(cfg.root) / "test"
     try:
         return len(collect_images([test])) if test.is_dir() else 0
@@ -62,6 +70,8 @@ def eval_split(cfg: DataConfig, prep: Preprocessing, split: str, seed: int) -> B
         if not len(picked):
             raise DataError("this run held out no validation images (data.val_fraction = 0)")
         return TensorBatches(images[picked], labels[picked], prep, cfg.eval_batch_size)
+    if cfg.dataset == "shards":
+        return shard_eval_split(cfg, prep, split, seed)
     root = Path(cfg.root)
     if (root / split).is_dir():
         return folder_split(cfg, prep, split)
