@@ -235,3 +235,26 @@ def test_the_data_benchmark_times_every_path(tmp_path: Path, capsys: pytest.Capt
     assert "shards, decode_jpeg + v2" in text and "cores to feed" in text
     assert main(["benchmark", "--sections", "data,bogus"]) == 2
     assert "--sections must name some of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_trains_from_shards_each_process_on_its_own(packed: Path, tmp_path: Path) -> None:
+    from test_distributed import free_port
+
+    config = tmp_path / "shards.toml"
+    config.write_text("# every setting comes from --set\n")
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "googlenet.cli", "train", "--config", str(config), "--out", str(tmp_path / "two"), "--no-progress",
+    ]  # fmt: skip
+    for item in [f'data.root="{packed}"', *RUN[:-2], "train.epochs=1", "train.threads=1"]:
+        argv += ["--set", item]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "2 processes" in result.stdout
+    split = read_index(packed).split("train")
+    each = [ShardSampler(split, shuffle=True, seed=0, shard=(rank, 2)) for rank in (0, 1)]
+    steps = -(-len(list(each[0])) // 2)  # the global batch of 4: 2 images a process
+    assert len(list(each[0])) == len(list(each[1]))
+    assert load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["position"]["step"] == steps
