@@ -225,7 +225,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     ),
     "benchmark-unknown-section": (
         lambda t, c: ["benchmark", "--sections", "speed"],
-        r"sections must be a non-empty list of inference, training, fashion; got speed",
+        r"--sections must name some of inference, training, fashion, data; got 'speed'",
     ),
     "benchmark-size-below-minimum": (lambda t, c: ["benchmark", "--size", "10"], r"below .* 15 px"),
 }
