@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from googlenet.cli import main
 from googlenet.config import load_config
@@ -24,16 +25,19 @@ SMALL_SHARDS = PackSettings(max_side=256, quality=90, shard_bytes=2**16)
 
 @pytest.fixture(scope="module")
 def photo_folder(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train/ and val/ of two classes, made of the real photographs (linked, not copied), plus a file that is
-    not an image and one that claims to be a JPEG but is not."""
+    """train/ and val/ of two classes made from 8 of the photographs, each at four sizes (32 training images
+    wherever the tests run), plus a file that is not an image and one that claims to be a JPEG but is not."""
     root = tmp_path_factory.mktemp("photos")
-    half = len(photos) // 2
-    for split, picked in (("train", slice(0, None)), ("val", slice(0, 2))):
-        for name, group in (("cats", photos[:half]), ("dogs", photos[half:])):
+    for split, scales in (("train", (1.0, 0.8, 0.6, 0.45)), ("val", (0.7,))):
+        for name, group in (("cats", photos[:4]), ("dogs", photos[4:8])):
             folder = root / split / name
             folder.mkdir(parents=True)
-            for photo in group[picked]:
-                (folder / photo.name).symlink_to(photo)
+            for photo in group[: len(group) if split == "train" else 1]:
+                with Image.open(photo) as image:
+                    picture = image.convert("RGB")
+                for scale in scales:
+                    size = (round(picture.width * scale), round(picture.height * scale))
+                    picture.resize(size).save(folder / f"{photo.stem}-{scale}.jpg", quality=90)
     (root / "train" / "cats" / "notes.txt").write_text("not an image")
     (root / "train" / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
     return root
@@ -52,14 +56,14 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def test_packing_twice_gives_identical_shards_and_names_what_it_skipped(
-    packed: Path, photo_folder: Path, photos: list[Path], tmp_path: Path
+    packed: Path, photo_folder: Path, tmp_path: Path
 ) -> None:
     again = pack_folder(photo_folder, tmp_path / "again", SMALL_SHARDS, workers=1, progress=False)
     assert files_of(tmp_path / "again") == files_of(packed)  # one process or two, the same bytes
-    assert again.samples == {"train": len(photos), "val": 4}
+    assert again.samples == {"train": 32, "val": 2}
     index = json.loads((packed / "index.json").read_text())
     assert [c["folder"] for c in index["classes"]] == ["cats", "dogs"]
-    assert sum(index["splits"]["train"]["per_class"]) == len(photos)
+    assert index["splits"]["train"]["per_class"] == [16, 16]
     assert {s["path"] for s in index["skipped"]} == {"train/cats/notes.txt", "train/dogs/broken.jpg"}
     # The shards are WebDataset tar files: KEY.jpg and KEY.cls, in order, matching the index.
     with tarfile.open(packed / "train-000000.tar") as tar:
