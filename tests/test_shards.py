@@ -77,6 +77,15 @@ def test_packing_twice_gives_identical_shards_and_names_what_it_skipped(
         assert member is not None and member.read() == ShardDataset(read_index(packed).split("train"), None, 3).read(0)
 
 
+def test_the_webdataset_library_streams_the_shards(packed: Path) -> None:
+    webdataset = pytest.importorskip("webdataset")
+    split = read_index(packed).split("train")
+    urls = [str(path) for path in split.files]
+    samples = list(webdataset.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("jpg", "cls"))
+    assert [int(label) for _, label in samples] == split.label.tolist()
+    assert all(max(image.size) <= 256 for image, _ in samples)
+
+
 def test_an_interrupted_pack_resumes_after_its_last_complete_shard(
     packed: Path, photo_folder: Path, tmp_path: Path
 ) -> None:
