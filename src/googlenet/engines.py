@@ -205,11 +205,16 @@ def onnxruntime_engine(graph: nn.Module, example: Tensor) -> Engine:
     return Engine("onnxruntime", "fp32", run, keep_alive=[folder, session])
 
 
-def openvino_engine(
-    module: nn.Module, precision: str, example: Tensor, calibration: Iterable[Tensor] | None = None
-) -> Engine:
-    """``module`` (any eval-mode module) converted to OpenVINO with a dynamic batch and compiled for the CPU at
-    ``precision``; int8 is quantized by NNCF with ``calibration``."""
+def run_onnx(path: str | Path, images: Tensor) -> Tensor:
+    """The logits of an ONNX file written by :func:`write_onnx`, run by ONNX Runtime on the CPU."""
+    onnxruntime = require("onnxruntime", "deploy", "running an ONNX model")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": images.numpy()})
+    return torch.from_numpy(logits)
+
+
+def openvino_graph(module: nn.Module, example: Tensor) -> Any:
+    """``module`` (eval mode) converted to an OpenVINO model whose batch axis is dynamic."""
     import warnings
 
     openvino = require("openvino", "deploy", "the openvino engine")
@@ -217,6 +222,16 @@ def openvino_engine(
         warnings.simplefilter("ignore")
         graph = openvino.convert_model(module, example_input=example)
     graph.reshape({graph.inputs[0]: openvino.PartialShape([-1, *example.shape[1:]])})
+    return graph
+
+
+def openvino_engine(
+    module: nn.Module, precision: str, example: Tensor, calibration: Iterable[Tensor] | None = None
+) -> Engine:
+    """``module`` (any eval-mode module) converted to OpenVINO with a dynamic batch and compiled for the CPU at
+    ``precision``; int8 is quantized by NNCF with ``calibration``."""
+    openvino = require("openvino", "deploy", "the openvino engine")
+    graph = openvino_graph(module, example)
     if precision == "int8":
         graph = _quantize(graph, calibration or [])
     # OpenVINO picks bf16 by itself on CPUs that have it; fp32 must be asked for. int8 graphs keep the layers

@@ -219,10 +219,11 @@ class LoaderBatches:
         shard: tuple[int, int] = (0, 1),
         sampler: EpochSampler | None = None,
     ) -> None:
-        self.num_samples = len(dataset)  # type: ignore[arg-type]
         self.batch_size = batch_size  # the global batch; each of world_size processes loads its share
-        # The order of an epoch: a seeded shuffle of all samples unless the data brings its own (shards).
-        self.sampler = sampler or EpochSampler(self.num_samples, shuffle, seed, shard)
+        # The order of an epoch: a seeded shuffle of all samples unless the data brings its own (shards,
+        # which may hold some samples out); the sampler knows how many an epoch holds.
+        self.sampler = sampler or EpochSampler(len(dataset), shuffle, seed, shard)  # type: ignore[arg-type]
+        self.num_samples = self.sampler.n
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size // shard[1],

@@ -156,6 +156,7 @@ class _ShardWriter:
         self.tar: tarfile.TarFile | None = None
         self.entries: list[list[Any]] = []
         self.written: list[dict[str, Any]] = []
+        self.labels: list[int] = []  # the class of every sample in the shards written so far
 
     def add(self, key: str, sample: Sample, image: bytes) -> None:
         if self.tar is None:
@@ -183,6 +184,7 @@ class _ShardWriter:
         index = {"file": self._path(".tar").name, "samples": self.entries}
         _write_json(self._path(".json"), index)
         self.written.append({"file": self._path(".tar").name, "samples": len(self.entries), "bytes": size})
+        self.labels += [entry[1] for entry in self.entries]
         self.tar, self.entries, self.number = None, [], self.number + 1
 
     def _path(self, suffix: str) -> Path:
@@ -216,7 +218,7 @@ def pack_folder(
     splits, classes = _layout(root)
     writable_dir(out)
     _check_resumable(out, settings)
-    (out / "pack.json").write_text(json.dumps(asdict(settings)), encoding="utf-8")
+    _write_json(out / "pack.json", asdict(settings))
     skipped: list[dict[str, str]] = []
     plan = {name: _samples(root, path, classes, skipped) for name, path in splits.items()}
     if not any(plan.values()):
@@ -286,13 +288,11 @@ def _pack_split(  # one split's samples through the pool into shards; its part o
         writer.close()
     shards = [{k: v for k, v in s.items() if k != "index"} for s in done] + writer.written
     per_class = [0] * num_classes
-    entries = [e for s in done for e in s["index"]["samples"]]
-    for shard in writer.written:
-        entries += json.loads((out / shard["file"].replace(".tar", ".json")).read_text(encoding="utf-8"))["samples"]
-    for entry in entries:
-        per_class[entry[1]] += 1
-    result.samples[split], result.shards[split] = len(entries), len(shards)
-    return {"samples": len(entries), "per_class": per_class, "shards": shards}
+    labels = [entry[1] for shard in done for entry in shard["index"]["samples"]] + writer.labels
+    for label in labels:
+        per_class[label] += 1
+    result.samples[split], result.shards[split] = len(labels), len(shards)
+    return {"samples": len(labels), "per_class": per_class, "shards": shards}
 
 
 def _check_resumable(out: Path, settings: PackSettings) -> None:

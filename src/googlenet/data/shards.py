@@ -162,7 +162,7 @@ class ShardSampler(EpochSampler):
         shard: tuple[int, int] = (0, 1),
         keep: Tensor | None = None,
     ) -> None:
-        super().__init__(len(split.label), shuffle, seed, shard)
+        super().__init__(len(split.label) if keep is None else int(keep.sum()), shuffle, seed, shard)
         self.starts = split.shard_starts
         self.keep = keep  # (N,) bool: the samples to train on (the rest held out for validation); None: all
 
@@ -218,7 +218,6 @@ def shard_bundle(
         keep[train_idx] = True
     sampler = ShardSampler(train_split, shuffle=True, seed=seed, shard=shard, keep=keep)
     train = LoaderBatches(train_set, cfg.batch_size, shuffle=True, shard=shard, sampler=sampler, **common)
-    train.num_samples = len(train_set) if keep is None else int(keep.sum())
     val = LoaderBatches(val_set, cfg.eval_batch_size, shuffle=False, **common) if val_set is not None else None
     return DataBundle(train, val, index.class_names, prep)
 

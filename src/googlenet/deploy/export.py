@@ -14,7 +14,7 @@ from torch import Tensor
 
 from googlenet.data import Preprocessing, collect_images
 from googlenet.deploy.interop import payload_for_model
-from googlenet.engines import write_onnx
+from googlenet.engines import run_onnx, write_onnx
 from googlenet.errors import GoogLeNetError
 from googlenet.extras import require
 from googlenet.files import atomic_write, writable_dir
@@ -102,11 +102,8 @@ def export_checkpoint(
 
 
 def _export_onnx(model: GoogLeNet, example: Tensor, out: Path, inputs: Tensor) -> Tensor:
-    onnxruntime = require("onnxruntime", "deploy", "export --format onnx")
     write_onnx(model, example, out)
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"images": inputs.numpy()})
-    return torch.from_numpy(logits)
+    return run_onnx(out, inputs)
 
 
 def save_safetensors(model: GoogLeNet, prep: Preprocessing, class_names: list[str], out: str | Path) -> None:

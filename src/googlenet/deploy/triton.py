@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from googlenet.data import Preprocessing
-from googlenet.engines import write_onnx
+from googlenet.engines import openvino_graph, run_onnx, write_onnx
 from googlenet.errors import GoogLeNetError
 from googlenet.extras import require
 from googlenet.files import OutputError, writable_dir
@@ -160,10 +159,7 @@ def export_triton(
 def _write_openvino(graph: GoogLeNet, example: Tensor, out: Path) -> None:
     """The graph as OpenVINO IR (model.xml + model.bin) in fp32, batch axis dynamic, tensors named as in ONNX."""
     openvino = require("openvino", "deploy", "export --format triton --engine openvino")
-    with warnings.catch_warnings():  # tracing warnings about shape checks in forward(): harmless here
-        warnings.simplefilter("ignore")
-        ir = openvino.convert_model(graph, example_input=example)
-    ir.reshape({ir.inputs[0]: openvino.PartialShape([-1, *example.shape[1:]])})
+    ir = openvino_graph(graph, example)
     ir.inputs[0].get_tensor().set_names({INPUT})
     ir.outputs[0].get_tensor().set_names({OUTPUT})
     openvino.save_model(ir, str(out), compress_to_fp16=False)  # Triton's CPU backend runs what it is given
@@ -172,10 +168,7 @@ def _write_openvino(graph: GoogLeNet, example: Tensor, out: Path) -> None:
 def run_model(version: Path, engine: str, images: Tensor) -> Tensor:
     """Run the model file in ``version`` (a repository's ``NAME/1``) as Triton's backend would, by tensor name."""
     if engine == "onnx":
-        onnxruntime = require("onnxruntime", "deploy", "running an ONNX model")
-        session = onnxruntime.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
-        (logits,) = session.run([OUTPUT], {INPUT: images.numpy()})
-        return torch.from_numpy(logits)
+        return run_onnx(version / "model.onnx", images)
     openvino = require("openvino", "deploy", "running an OpenVINO model")
     compiled = openvino.Core().compile_model(str(version / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     result = compiled({INPUT: images.numpy()})

@@ -82,7 +82,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         self._disarm()
-        if self._oversized or len(self._header) > HEADER_LIMIT:
+        if self._oversized:
             answer = json_response(
                 431, "Request Header Fields Too Large", f"the request header is over {HEADER_LIMIT:,} bytes"
             )

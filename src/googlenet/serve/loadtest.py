@@ -141,6 +141,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_until_healthy(url: str, seconds: float, alive: Callable[[], bool]) -> None:
+    """Return once ``url``/healthz answers 200; raise if ``alive()`` turns false or ``seconds`` pass first."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if not alive():
+            raise RuntimeError(f"the server on {url} stopped before it answered")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer on {url} within {seconds:g} s")
+        time.sleep(0.1)
+
+
 class BackgroundServer:
     """uvicorn serving ``app`` on a free loopback port in a thread, for tests and this module's comparison."""
 
@@ -156,18 +172,9 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> BackgroundServer:
-        import httpx
-
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not answer on {self.url} within 60 s")
+        wait_until_healthy(self.url, 60, self.thread.is_alive)
+        return self
 
     def __exit__(self, *_: object) -> None:
         self.server.should_exit = True
@@ -178,8 +185,6 @@ class BackgroundServer:
 def _single_process(checkpoint: str, settings: Any) -> Iterator[str]:
     """`googlenet serve` in a process of its own, as it runs for real: a server in this process would share
     the interpreter lock with the load generator's clients, which at 64 clients starves it."""
-    import httpx
-
     port = free_port()
     command = [sys.executable, "-m", "googlenet.cli", "serve", checkpoint, "--port", str(port)]
     command += [
@@ -193,16 +198,7 @@ def _single_process(checkpoint: str, settings: Any) -> Iterator[str]:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"googlenet serve exited with status {server.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"googlenet serve did not answer on {url} within 300 s")
-            time.sleep(0.2)
+        wait_until_healthy(url, 300, lambda: server.poll() is None)
         yield url
     finally:
         server.terminate()
