@@ -44,6 +44,10 @@ def test_round_trip_through_a_checkpoint_dict() -> None:
         ("schedule.name=linear", "schedule.name must be one of"),
         ("train.compile_mode=cudagraphs", "train.compile_mode must be one of default, reduce-overhead, max-autotune"),
         ("lr", "must look like section.key=value"),
+        ("optim.name=adam", "optim.name must be one of sgd, muon; got 'adam'"),
+        ("optim.muon_lrr=0.02", "unknown config key 'optim.muon_lrr'; optim has backbone_lr_mult, grad_clip, label"),
+        ("optim.muon_momentum=0", "optim.muon_momentum must be > 0 and <= 1"),
+        ("data.flip=sometimes", "data.flip must be one of random, alternate"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:

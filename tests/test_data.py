@@ -51,12 +51,31 @@ def test_bundle_and_eval_splits(fashion_root: Path) -> None:
     assert eval_split(cfg, bundle.preprocessing, "val", seed=0).num_samples == 6_000
 
 
-def make_batches(augment: str = "flip-crop", n: int = 100, erase: float = 0.0) -> TensorBatches:
+def make_batches(augment: str = "flip-crop", n: int = 100, erase: float = 0.0, flip: str = "random") -> TensorBatches:
     images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     prep = Preprocessing(image_size=28, resize=28, in_channels=1, mean=[0.5], std=[0.25])
     return TensorBatches(
-        images, torch.arange(n), prep, 16, shuffle=True, augment=augment, crop_padding=2, erase=erase, seed=7
+        images, torch.arange(n), prep, 16, shuffle=True, augment=augment, crop_padding=2, erase=erase, flip=flip, seed=7
     )
+
+
+def mirrored(batches: TensorBatches, epoch: int) -> dict[int, bool]:
+    """Which images (by label, which is their index) ``epoch`` shows mirrored."""
+    plain = make_batches("none")
+    originals = {int(y): x for xs, ys in plain.epoch(0) for x, y in zip(xs, ys, strict=True)}
+    seen = {int(y): x for xs, ys in batches.epoch(epoch) for x, y in zip(xs, ys, strict=True)}
+    assert all(torch.equal(seen[i], originals[i]) or torch.equal(seen[i], originals[i].flip(2)) for i in seen)
+    return {i: not torch.equal(seen[i], originals[i]) for i in seen}
+
+
+def test_alternating_flips_show_each_image_both_ways_in_every_pair_of_epochs() -> None:
+    batches = make_batches("flip", flip="alternate")
+    sides = [mirrored(batches, epoch) for epoch in range(4)]
+    assert 30 < sum(sides[0].values()) < 70  # the first epoch's sides are drawn: about half mirrored
+    assert all(sides[1][i] != sides[0][i] for i in range(100))  # the next epoch shows the other side
+    assert sides[2] == sides[0] and sides[3] == sides[1]
+    random_sides = [mirrored(make_batches("flip"), epoch) for epoch in range(2)]
+    assert any(random_sides[1][i] == random_sides[0][i] for i in range(100))  # a coin each time
 
 
 def test_batches_are_reproducible_and_resume_mid_epoch() -> None:

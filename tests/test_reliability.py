@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -37,6 +38,9 @@ RUN = [
     "train.deterministic=true",
     "train.ema_decay=0.9",
     "train.save_every_steps=1",
+    # Through the run's every piece of state: Muon's and SGD's momentum, the alternating flips' epoch parity.
+    "optim.name=muon",
+    "data.flip=alternate",
 ]
 
 
@@ -45,7 +49,7 @@ def run_args(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def reference(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("reference")
     lines: list[str] = []
     result = train(load_config(CONFIG, run_args(fashion_root)), out, log=lines.append)
@@ -69,15 +73,19 @@ def wait_for_first_checkpoint(process: subprocess.Popen[str], path: Path, timeou
         time.sleep(0.05)
 
 
-def assert_same_weights(a: dict[str, object], b: dict[str, object]) -> None:
-    for key in ("state_dict", "ema_state_dict", "optimizer"):
-        if key == "optimizer":
-            sa = a[key]["state"]  # type: ignore[index]
-            sb = b[key]["state"]  # type: ignore[index]
-            assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
-            continue
-        for name, tensor in a[key].items():  # type: ignore[attr-defined]
-            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"  # type: ignore[index]
+def momentum_buffers(optimizer_state: dict[str, Any]) -> list[torch.Tensor]:
+    """Every momentum buffer in an optimizer's state dict, whether one optimizer's or several (Muon + SGD)."""
+    parts = optimizer_state.get("parts", [optimizer_state])
+    return [s["momentum_buffer"] for part in parts for _, s in sorted(part["state"].items())]
+
+
+def assert_same_weights(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for key in ("state_dict", "ema_state_dict"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    buffers_a, buffers_b = momentum_buffers(a["optimizer"]), momentum_buffers(b["optimizer"])
+    assert len(buffers_a) == len(buffers_b) > 0
+    assert all(torch.equal(x, y) for x, y in zip(buffers_a, buffers_b, strict=True))
 
 
 def kill_9_after_step(process: subprocess.Popen[str], last: Path, step: int) -> None:
@@ -95,7 +103,7 @@ def kill_9_after_step(process: subprocess.Popen[str], last: Path, step: int) -> 
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume_is_bit_identical(
-    fashion_root: Path, reference: dict[str, object], tmp_path: Path
+    fashion_root: Path, reference: dict[str, Any], tmp_path: Path
 ) -> None:
     process = start_training(fashion_root, tmp_path)
     last = tmp_path / "checkpoints" / "last.pt"
@@ -113,7 +121,7 @@ def test_kill_9_mid_run_then_resume_is_bit_identical(
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly(fashion_root: Path, reference: dict[str, object], tmp_path: Path) -> None:
+def test_sigterm_saves_and_exits_cleanly(fashion_root: Path, reference: dict[str, Any], tmp_path: Path) -> None:
     process = start_training(fashion_root, tmp_path)
     wait_for_first_checkpoint(process, tmp_path / "checkpoints" / "last.pt")
     process.send_signal(signal.SIGTERM)

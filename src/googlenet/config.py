@@ -40,6 +40,10 @@ class DataConfig:
     # Random erasing (Zhong et al., 2017): the chance that a training image has a random rectangle (2%-33% of
     # its area, aspect 0.3-3.3) set to the mean pixel; 0 = off. Works with every augment setting.
     erase: float = 0.0
+    # How Fashion-MNIST's training images are mirrored with augment = "flip" / "flip-crop": "random" (a coin per
+    # image per epoch) or "alternate" (a coin per image in the first epoch, then every image mirrored on every
+    # other epoch, as the airbench CIFAR-10 records do: each pair of epochs shows both sides of every image).
+    flip: str = "random"
     workers: int = 2  # image folders and shards; Fashion-MNIST is batched in memory
 
 
@@ -56,6 +60,10 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    # "sgd": SGD with Nesterov momentum for every parameter. "muon": Muon (orthogonalised momentum,
+    # torch.optim.Muon) for the backbone's convolution and linear weights, each taken as its (out, fan-in)
+    # matrix; SGD as above for the rest (BatchNorm, biases, the classifiers), which Muon cannot take.
+    name: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -63,6 +71,11 @@ class OptimConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     backbone_lr_mult: float = 1.0  # discriminative fine-tuning: the features' lr is lr x this
+    # optim.name = "muon": the Muon weights' peak learning rate (on the same schedule as lr), momentum (Nesterov)
+    # and decoupled weight decay (each step multiplies the weights by 1 - its lr x this).
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
 
 
 @dataclass
@@ -118,6 +131,8 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion-mnist", "folder", "shards"),
     "data.augment": ("none", "flip", "flip-crop", "paper", "modern"),
+    "data.flip": ("random", "alternate"),
+    "optim.name": ("sgd", "muon"),
     "schedule.name": ("paper", "step", "cosine", "onecycle", "constant"),
     "train.precision": ("fp32", "bf16"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -144,6 +159,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "optim.label_smoothing": (0, 1, True),
     "optim.grad_clip": (0, math.inf, True),
     "optim.backbone_lr_mult": (0, 100, True),
+    "optim.muon_lr": (0, 1e6, False),
+    "optim.muon_momentum": (0, 1, False),
+    "optim.muon_weight_decay": (0, 1e3, True),
     "schedule.warmup_epochs": (0, 1000, True),
     "schedule.step_epochs": (0, 1000, False),
     "schedule.gamma": (0, 1, False),

@@ -62,6 +62,7 @@ class TensorBatches:
         augment: str = "none",
         crop_padding: int = 0,
         erase: float = 0.0,
+        flip: str = "random",
         seed: int = 0,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
@@ -76,6 +77,10 @@ class TensorBatches:
         self.erase = erase
         self.seed = seed
         self.num_samples = int(labels.shape[0])
+        # flip = "alternate": each image's side in even epochs, drawn once; odd epochs show the other side.
+        self.first_sides = (
+            torch.rand(self.num_samples, generator=seeded_generator(seed, -2)) < 0.5 if flip == "alternate" else None
+        )
         self._mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
         self._std = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
 
@@ -90,6 +95,8 @@ class TensorBatches:
         """Keep the split on ``device`` (60,000 Fashion-MNIST images are 47 MB as uint8); returns self."""
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         self._mean, self._std = self._mean.to(device), self._std.to(device)
+        if self.first_sides is not None:
+            self.first_sides = self.first_sides.to(device)
         return self
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -103,17 +110,23 @@ class TensorBatches:
             picked = order[index * self.batch_size : (index + 1) * self.batch_size]
             x = self.images[picked].float().div_(255)  # (B, C, H, W)
             if self.augment != "none" or self.erase > 0:
-                x = self._augment(x, seeded_generator(self.seed, epoch, index))
+                x = self._augment(x, seeded_generator(self.seed, epoch, index), self._sides(picked, epoch))
             # Every process draws the whole batch's augmentation, then keeps its share: together they
             # see exactly what one process would.
             own = slice(self.rank, None, self.world_size)
             yield self._finish(x[own]), self.labels[picked][own]
 
-    def _augment(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _sides(self, picked: Tensor, epoch: int) -> Tensor | None:
+        """With alternating flips, which of the batch's images are mirrored in ``epoch``; else None (drawn)."""
+        if self.first_sides is None:
+            return None
+        return self.first_sides[picked] ^ (epoch % 2 == 1)
+
+    def _augment(self, x: Tensor, g: torch.Generator, sides: Tensor | None = None) -> Tensor:
         b, _, h, w = x.shape
         device = x.device
         if self.augment != "none":
-            flip = _on(torch.rand(b, generator=g) < 0.5, device)
+            flip = _on(torch.rand(b, generator=g) < 0.5, device) if sides is None else sides
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         p = self.crop_padding
         if self.augment == "flip-crop" and p > 0:

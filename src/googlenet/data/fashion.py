@@ -120,6 +120,7 @@ def fashion_mnist_bundle(
         augment=cfg.augment if cfg.augment in ("none", "flip", "flip-crop") else "flip-crop",
         crop_padding=cfg.crop_padding,
         erase=cfg.erase,
+        flip=cfg.flip,
         seed=seed,
         shard=shard,
     )

@@ -37,6 +37,9 @@ def build_data(
         raise DataError(f"data.batch_size={cfg.batch_size} must divide evenly among {shard[1]} processes")
     if cfg.dataset == "fashion-mnist":
         return fashion_mnist_bundle(cfg, seed, allow_download=True, norm=norm, shard=shard)
+    if cfg.flip != "random":
+        # Folders and shards flip inside torchvision's per-image transforms, which know no epoch.
+        raise DataError(f"data.flip={cfg.flip!r} is for Fashion-MNIST; image folders and shards flip at random")
     if cfg.dataset == "shards":
         return shard_bundle(cfg, in_channels or 3, seed, pin_memory, norm, shard)
     return folder_bundle(cfg, in_channels or 3, seed, pin_memory, norm, shard)

@@ -20,7 +20,13 @@ from googlenet.run.checkpoint import load_checkpoint
 from googlenet.run.device import resolve_device
 from googlenet.training.distributed import DistInfo, initialise
 from googlenet.training.loss import TrainForward, training_loss
-from googlenet.training.optim import build_ema, build_optimizer, freeze_features, initialise_from
+from googlenet.training.optim import (
+    build_ema,
+    build_optimizer,
+    describe_optimizer,
+    freeze_features,
+    initialise_from,
+)
 from googlenet.training.state import Log, LossFn, Plan, Run
 
 
@@ -65,6 +71,9 @@ def build_run(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | 
         torch.manual_seed(cfg.train.seed + dist.rank)  # different dropout masks on each process
     # Compiling the loss function traces forward_train and both auxiliary heads with it.
     loss_fn: LossFn = torch.compile(training_loss, mode=cfg.train.compile_mode) if cfg.train.compile else training_loss
+    optimizer = build_optimizer(model, cfg, device)
+    if cfg.optim.name != "sgd":
+        log(describe_optimizer(optimizer, model))
     return Run(
         cfg=cfg,
         out=out,
@@ -74,7 +83,7 @@ def build_run(cfg: Config, out: Path, dist: DistInfo, resumed: dict[str, Any] | 
         model=model,
         forward=forward,
         loss_fn=loss_fn,
-        optimizer=build_optimizer(model, cfg, device),
+        optimizer=optimizer,
         ema=build_ema(model, cfg.train.ema_decay),
         plan=make_plan(cfg, len(data.train)),
         log=log,

@@ -1,7 +1,7 @@
 """The optimizer, the weight average and fine-tuning: what the loop updates besides the model.
 
 - SGD with Nesterov momentum, weight decay on conv and linear weights only, one fused kernel for all
-  parameters where torch has one.
+  parameters where torch has one; or Muon for the backbone's weights and SGD for the rest (optim.name).
 - An exponential moving average of the weights (the paper's Polyak averaging, in its modern form).
 - Fine-tuning: loading another checkpoint's weights, freezing the features, a lower backbone learning rate.
 """
@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel
 from googlenet.config import Config, ConfigError
 from googlenet.model import GoogLeNet
 from googlenet.run.checkpoint import preferred_state
+from googlenet.training.muon import MatrixMuon, Optimizers, matrix_view
 
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch.optim.SGD has a fused kernel (fused=True)
 HEAD_PREFIXES = ("fc.", "aux1.", "aux2.")  # the classifiers; everything else is the backbone
@@ -26,35 +27,75 @@ def is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIXES)
 
 
-def param_groups(model: nn.Module, weight_decay: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+def param_groups(
+    named: list[tuple[str, nn.Parameter]], weight_decay: float, backbone_lr_mult: float, lr_mult: float = 1.0
+) -> list[dict[str, Any]]:
     """Weight decay on conv and linear weights only (decaying BatchNorm scales and biases only hurts), and
     the backbone's learning-rate multiplier for discriminative fine-tuning. Frozen parameters are left out."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
+    for name, p in named:
         if p.requires_grad:
             groups.setdefault((p.dim() > 1, is_head(name)), []).append(p)
     return [
         {
             "params": params,
             "weight_decay": weight_decay if decays else 0.0,
-            "lr_mult": 1.0 if head else backbone_lr_mult,
+            "lr_mult": lr_mult * (1.0 if head else backbone_lr_mult),
         }
         for (decays, head), params in sorted(groups.items(), key=lambda item: item[0])
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        param_groups(model, cfg.optim.weight_decay, cfg.optim.backbone_lr_mult),
+def takes_muon(name: str, p: nn.Parameter) -> bool:
+    """Whether optim.name = "muon" trains ``p`` with Muon: the backbone's conv and linear weights, as (out,
+    fan-in) matrices. BatchNorm scales, biases (1-D: no matrix to orthogonalise) and the classifiers (whose
+    rows are classes, not features to decorrelate) stay with SGD, as in the records Muon set."""
+    return p.dim() > 1 and not is_head(name) and matrix_view(p) is not None
+
+
+Optimizer = torch.optim.Optimizer | Optimizers
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> Optimizer:
+    """optim.name's optimizer over the model's trainable parameters (`param_groups`)."""
+    named = list(model.named_parameters())
+    muon = [(n, p) for n, p in named if cfg.optim.name == "muon" and p.requires_grad and takes_muon(n, p)]
+    taken = {id(p) for _, p in muon}
+    sgd = torch.optim.SGD(
+        param_groups(
+            [(n, p) for n, p in named if id(p) not in taken], cfg.optim.weight_decay, cfg.optim.backbone_lr_mult
+        ),
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
         # one kernel for all parameters instead of several per tensor
         fused=device.type in FUSED_SGD_DEVICES,
     )
+    if not muon:
+        return sgd
+    muon_groups = param_groups(
+        muon, cfg.optim.muon_weight_decay, cfg.optim.backbone_lr_mult, lr_mult=cfg.optim.muon_lr / cfg.optim.lr
+    )
+    return Optimizers([MatrixMuon(muon_groups, lr=cfg.optim.muon_lr, momentum=cfg.optim.muon_momentum), sgd])
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def describe_optimizer(optimizer: Optimizer, model: nn.Module) -> str:
+    """One line for the log: which optimizer trains what, naming any backbone weight Muon could not take."""
+    if not isinstance(optimizer, Optimizers):
+        return "optimizer: SGD (Nesterov momentum) for all parameters"
+    muon = next(part for part in optimizer.parts if isinstance(part, MatrixMuon))
+    rest = [p for part in optimizer.parts if part is not muon for g in part.param_groups for p in g["params"]]
+    taken = {id(w) for w in muon.weights}
+    fell_back = [n for n, p in model.named_parameters() if p.dim() > 1 and not is_head(n) and id(p) not in taken]
+    note = f"; no matrix view, so SGD: {', '.join(fell_back)}" if fell_back else ""
+    weights = sum(w.numel() for w in muon.weights)
+    return (
+        f"optimizer: Muon for {len(muon.weights)} conv and linear weights of the backbone ({weights:,} parameters), "
+        f"SGD for the other {len(rest)} tensors (BatchNorm, biases, classifiers: Muon takes only matrices){note}"
+    )
+
+
+def set_learning_rate(optimizer: Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_mult"]
 

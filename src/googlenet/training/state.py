@@ -20,7 +20,7 @@ from googlenet.errors import GoogLeNetError
 from googlenet.model import GoogLeNet
 from googlenet.training.budget import BudgetPlan, TrainingPace
 from googlenet.training.distributed import DistInfo
-from googlenet.training.optim import WarmupEMA
+from googlenet.training.optim import Optimizer, WarmupEMA
 from googlenet.training.resizing import size_at
 from googlenet.training.schedule import decay_progress, lr_factor
 
@@ -135,7 +135,7 @@ class Run:
     model: GoogLeNet
     forward: nn.Module  # TrainForward, DDP-wrapped across processes
     loss_fn: LossFn
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     ema: WarmupEMA | None
     plan: Plan
     log: Log
