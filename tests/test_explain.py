@@ -190,6 +190,20 @@ def test_feature_visualisation_raises_the_channel_on_a_small_model() -> None:
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_a_class_can_be_visualised_through_its_logit() -> None:
+    model = create_model("small", num_classes=10)
+    result = visualize_feature(model, "fc", channel=9, image_size=28, mean=[0.29], std=[0.35], steps=30)
+    assert result.layer == "fc" and result.channel == 9
+    x = (result.image.unsqueeze(0) - 0.29) / 0.35
+    with torch.no_grad():
+        logit = float(model.eval()(x)[0, 9])
+    assert result.end == pytest.approx(logit, rel=1e-4) and result.end > result.start  # what rose is the logit
+    whole = visualize_feature(model, "fc", image_size=28, mean=[0.29], std=[0.35], steps=3)  # all logits
+    assert whole.channel is None and whole.end > 0
+    with pytest.raises(LayerError, match=r"channels 0\.\.9; got channel 10"):
+        visualize_feature(model, "fc", channel=10, image_size=28, mean=[0.5], std=[0.5], steps=1)
+
+
 def test_a_channel_before_its_relu_is_the_module_output_before_its_relu() -> None:
     """Channel c of an Inception module's output is ReLU(the pre-ReLU value that visualisation maximises)."""
     from googlenet.explain.visualize import _pre_relu_target
@@ -301,6 +315,8 @@ def test_cli_visualize_channel_and_dream(
         main(["visualize", checkpoint, "--layer", "mixed4c", "--channel", "97", "--steps", "8", "--out", str(out)]) == 0
     )
     assert "inception4c channel 97: mean before ReLU" in capsys.readouterr().out
+    assert main(["visualize", checkpoint, "--layer", "fc", "--channel", "9", "--steps", "4", "--out", str(out)]) == 0
+    assert "class 9 (" in capsys.readouterr().out  # named by the checkpoint's class list
     with Image.open(out) as picture:
         assert picture.size == (224, 224) and picture.mode == "L"  # 28 px, enlarged 8x to be seen
     photo = photos[0]

@@ -242,6 +242,13 @@ def test_explain_returns_the_cam_and_branch_shares(client: TestClient, sample: P
     assert body["cam"]["class"] == body["top"][0]["class"]
     picture = Image.open(io.BytesIO(__import__("base64").b64decode(body["cam"]["png"].split(",", 1)[1])))
     assert picture.size == (224, 224)
+    # the exact CAM says how coarse it is; Grad-CAM beside it is at a finer layer
+    finer = body["grad_cam"]
+    assert body["cam"]["layer"] == "inception5b" and finer["layer"] == "inception4c"
+    cam_cells = [int(n) for n in body["cam"]["cells"].removesuffix(" cells").split("x")]
+    finer_cells = [int(n) for n in finer["cells"].removesuffix(" cells").split("x")]
+    assert all(f > c for f, c in zip(finer_cells, cam_cells, strict=True)), (cam_cells, finer_cells)
+    assert finer["png"].startswith("data:image/png;base64,") and finer["png"] != body["cam"]["png"]
     shares = body["branch_shares"]
     assert len(shares["modules"]) == 9 and shares["branches"] == ["1x1", "3x3", "5x5", "pool"]
     for row in shares["attribution"] + shares["energy"]:
@@ -335,6 +342,9 @@ def test_the_page_in_a_real_browser(live_server: BackgroundServer, photos: list[
         assert page.inner_text("#top1") == api["class"]
         page.wait_for_selector("#cam:not([hidden])")
         assert page.get_attribute("#cam", "src").startswith("data:image/png;base64,")
+        assert "cells, drawn upsampled" in page.inner_text("#cam-caption")
+        page.wait_for_selector("#grad-cam:not([hidden])")
+        assert "Grad-CAM at inception4c" in page.inner_text("#grad-cam-caption")
         assert page.locator("#shares tr").count() == 10  # header + nine modules
         assert page.is_hidden("#error")
         # a file that is not an image: the page says what the server said

@@ -91,7 +91,10 @@ def write_explain_page(run: Path, checkpoint: Path, split: str = "test") -> list
         "## Class activation maps",
         "",
         "The exact CAM of the predicted class (the fc weights applied to inception5b's feature map): for every "
-        "class the first right answers (green) and the most confident wrong ones (red).",
+        "class the first right answers (green) and the most confident wrong ones (red). At this input size "
+        f"inception5b's map is {result.cam_resolution} cells, drawn upsampled: where the model looked, at that "
+        "resolution. `googlenet explain IMAGE` draws beside it Grad-CAM at inception4c, a finer layer that still "
+        "explains the class.",
         "",
         "![class activation maps](explain/cams.png)",
         "",

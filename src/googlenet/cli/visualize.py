@@ -15,7 +15,9 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--layer", required=True, help="inception4c, Caffe's inception_4c/output or Lucid's mixed4c (or a conv)"
     )
-    parser.add_argument("--channel", type=int, help="one channel of the layer (default: the whole layer)")
+    parser.add_argument(
+        "--channel", type=int, help="one channel of the layer (default: the whole layer); with --layer fc, a class"
+    )
     parser.add_argument("--dream", metavar="IMAGE", help="DeepDream: amplify what the layer sees in this image")
     parser.add_argument("--steps", type=positive_int, help="optimisation steps (default: 256; DeepDream 40 per octave)")
     parser.add_argument("--size", type=positive_int, help="image side in px (default: the checkpoint's input size)")
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from googlenet.explain.visualize import deep_dream, save_png, visualize_feature
     from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint
 
-    model, prep, _ = model_from_checkpoint(load_checkpoint(args.checkpoint))
+    model, prep, class_names = model_from_checkpoint(load_checkpoint(args.checkpoint))
     size = args.size or prep.image_size
     if args.dream:
         from torchvision.transforms.functional import pil_to_tensor, resize
@@ -59,5 +61,7 @@ def run(args: argparse.Namespace) -> int:
     save_png(result.image, args.out)
     what = result.layer if result.channel is None else f"{result.layer} channel {result.channel}"
     objective = "mean square" if result.channel is None else "mean before ReLU"
+    if result.layer == "fc" and result.channel is not None:  # the classifier: a channel is a class
+        what, objective = f"class {result.channel} ({class_names[result.channel]})", "logit"
     print(f"{what}: {objective} {result.start:.4g} -> {result.end:.4g}; wrote {args.out}")
     return 0

@@ -19,11 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from googlenet.explain.layers import get_layer
+from googlenet.explain.layers import get_layer, layer_shape
 from googlenet.extras import require
 from googlenet.model import GoogLeNet
 
 GRAD_CAM_METHODS = ("gradcam", "gradxact")
+# Where Grad-CAM is drawn beside the exact CAM: a layer before the last pooling, so its map has 4x the exact
+# CAM's cells (4x4 where inception5b's is 2x2 at 64 px, 14x14 against 7x7 at 224), deep enough to be about the
+# class rather than edges.
+FINER_LAYER = "inception4c"
 
 
 @dataclass
@@ -72,6 +76,17 @@ def grad_cam(model: GoogLeNet, x: Tensor, layer: str, classes: Tensor, method: s
             result = products.sum(1, keepdim=True).clamp(min=0)
         maps.append(result.detach().float()[:, 0])
     return torch.stack(maps, 1)
+
+
+def cells(maps: Tensor) -> str:
+    """'HxW cells': the resolution a map was computed at, which drawing it upsampled hides."""
+    return f"{maps.shape[-2]}x{maps.shape[-1]} cells"
+
+
+def cam_cells(model: GoogLeNet, image_size: int) -> str:
+    """The exact CAM's resolution for ``image_size``-px inputs: inception5b's map (2x2 at 64 px, 7x7 at 224)."""
+    _, height, width = layer_shape(model, "inception5b", image_size)
+    return f"{height}x{width}"
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:

@@ -103,7 +103,7 @@ def resolve_layer(model: nn.Module, name: str) -> str:
         return path
     raise LayerError(
         f"unknown layer {name!r}; valid: conv1, conv2, conv3, {INCEPTION_LAYERS[0]}..{INCEPTION_LAYERS[-1]} "
-        "(also Caffe's inception_4c/output or Lucid's mixed4c; a branch as inception4c.branch2)"
+        "(also Caffe's inception_4c/output or Lucid's mixed4c; a branch as inception4c.branch2), fc (the class logits)"
     )
 
 
@@ -159,6 +159,8 @@ def layer_shape(model: GoogLeNet, path: str, image_size: int) -> tuple[int, int,
     if path not in seen:
         raise LayerError(f"layer {path!r} does not run in the forward pass (the auxiliary heads run only in training)")
     shape = seen[path].shape
+    if len(shape) == 2:  # the classifier (fc): one value per class, a 1x1 "map"
+        return int(shape[1]), 1, 1
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 

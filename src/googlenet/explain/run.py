@@ -20,7 +20,17 @@ from torch import Tensor
 
 from googlenet.data import Batches, Preprocessing, collect_images
 from googlenet.explain.branches import BranchShares, ClassShareAccumulator, ClassShares, branch_shares
-from googlenet.explain.cam import TopK, class_activation_maps, grad_cam, normalise, top_k, upsample
+from googlenet.explain.cam import (
+    FINER_LAYER,
+    TopK,
+    cam_cells,
+    cells,
+    class_activation_maps,
+    grad_cam,
+    normalise,
+    top_k,
+    upsample,
+)
 from googlenet.explain.early_exits import HeadAccuracy, head_accuracy
 from googlenet.explain.figures import GridCell, Panel, branch_shares_png, cam_grid_png, overlay_png
 from googlenet.explain.layers import MODULE_KEYS, resolve_layer
@@ -103,7 +113,7 @@ def explain_images(  # eight arguments: the image sources and output, then keywo
     out: str | Path,
     *,
     top: int = 3,
-    layer: str = "inception4c",
+    layer: str = FINER_LAYER,
     method: str = "gradcam",
     batch_size: int = 16,
     progress: Progress = _no_progress,
@@ -130,7 +140,8 @@ def explain_images(  # eight arguments: the image sources and output, then keywo
         channels = batch.shares.channels
         for i, f in enumerate(chunk):
             labels = batch.labels(i, class_names)
-            result = _write_image(batch, i, f, out / names[start + i], labels, f"{method} at {layer_path}")
+            grad_title = f"{method} at {layer_path} ({cells(batch.grads)})"
+            result = _write_image(batch, i, f, out / names[start + i], labels, grad_title)
             results.append(result)
             records.append(_image_record(result, batch, i))
     count = max(1, len(files))
@@ -153,7 +164,10 @@ def _write_image(
     """STEM.png (the image under both maps, per top class) and STEM.npz (the raw maps) for image ``i``."""
     overlay, maps = stem.with_suffix(".png"), stem.with_suffix(".npz")
     rows = [
-        ("CAM (exact, inception5b)", [Panel(f"{c} {p:.1%}", batch.cam_heat[i, j]) for j, (c, p) in enumerate(labels)]),
+        (
+            f"CAM (exact, inception5b: {cells(batch.cams)}, upsampled)",
+            [Panel(f"{c} {p:.1%}", batch.cam_heat[i, j]) for j, (c, p) in enumerate(labels)],
+        ),
         (grad_title, [Panel(f"{c} {p:.1%}", batch.grad_heat[i, j]) for j, (c, p) in enumerate(labels)]),
     ]
     overlay_png(batch.images[i], rows, overlay, f"{source.name}: {labels[0][0]} ({labels[0][1]:.1%})")
@@ -203,6 +217,7 @@ class SplitExplanation:
     cam_grid: Path
     shares_figure: Path
     json_path: Path
+    cam_resolution: str  # inception5b's map, "HxW": what every drawn CAM is, upsampled
 
 
 def _examples(heads: HeadAccuracy, per_class: int) -> list[int]:
@@ -321,8 +336,13 @@ def explain_split(  # the split, then keyword-only `googlenet explain --split` f
             caption = f"{class_names[guess]} {float(heads.confidence[index]):.0%}"
             by_class.setdefault(true, []).append(GridCell(shown[j], heat[j, 0], caption, true == guess))
         rows = [(class_names[c], cells) for c, cells in sorted(by_class.items())]
-    cam_grid = out / "cams.png"
-    cam_grid_png(rows, cam_grid, f"CAM of the predicted class on {split}: right (green) and most confident wrong (red)")
+    cam_grid, resolution = out / "cams.png", cam_cells(model, prep.image_size)
+    cam_grid_png(
+        rows,
+        cam_grid,
+        f"CAM of the predicted class on {split} (inception5b's {resolution} map, upsampled): "
+        "right (green) and most confident wrong (red)",
+    )
 
     json_path = out / "explain.json"
     record = {
@@ -332,4 +352,4 @@ def explain_split(  # the split, then keyword-only `googlenet explain --split` f
         "branch_shares": shares.as_dict(),
     }
     atomic_write_text(json_path, json.dumps(record, indent=2))
-    return SplitExplanation(split, heads, shares, cam_grid, shares_figure, json_path)
+    return SplitExplanation(split, heads, shares, cam_grid, shares_figure, json_path, resolution)

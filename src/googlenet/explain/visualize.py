@@ -87,6 +87,8 @@ class _Objective:
         with capture(self.model, [self.hook_path], copy=True) as seen:
             self.model(x)
         value = seen[self.hook_path].float()
+        if value.dim() == 2:  # the classifier: a channel is a class's logit (Lucid's class objective)
+            value = value[:, :, None, None]
         if self.channel is None:
             return value.square().mean(dim=(1, 2, 3))
         return value[:, self.hook_channel].mean(dim=(1, 2))

@@ -19,9 +19,10 @@ from torch import Tensor
 from googlenet.data import DataError
 from googlenet.engines import select_engine
 from googlenet.explain.branches import branch_shares
-from googlenet.explain.cam import class_activation_maps, normalise, upsample
+from googlenet.explain.cam import FINER_LAYER, cells, class_activation_maps, grad_cam, normalise, upsample
 from googlenet.explain.layers import BRANCHES, MODULE_KEYS
 from googlenet.explain.run import pixels as seen_pixels
+from googlenet.extras import MissingExtraError
 from googlenet.model import count_parameters, create_model
 from googlenet.run.checkpoint import load_checkpoint, model_from_checkpoint, run_folder
 from googlenet.run.records import read_history
@@ -117,15 +118,21 @@ class ModelService:
         with torch.no_grad():
             probabilities = self.model(batch).float().softmax(1)[0]
         values, indices = probabilities.topk(min(top_k, len(self.class_names)))
-        cam = class_activation_maps(self.model, batch, indices[:1].view(1, 1))
-        heat = normalise(upsample(cam, (batch.shape[2], batch.shape[3])))[0, 0].numpy()
+        top_class = indices[:1].view(1, 1)
+        cam = class_activation_maps(self.model, batch, top_class)
         shares = branch_shares(self.model, batch, target=indices[:1])
         return {
             "top": [
                 {"class": self.class_names[i], "probability": round(p, 6)}
                 for i, p in zip(indices.tolist(), values.tolist(), strict=True)
             ],
-            "cam": {"class": self.class_names[int(indices[0])], "png": self._overlay(batch[0], heat)},
+            "cam": {
+                "class": self.class_names[int(indices[0])],
+                "layer": "inception5b",
+                "cells": cells(cam),  # at 64 px four cells: the page says so
+                "png": self._overlay(batch[0], cam),
+            },
+            "grad_cam": self._grad_cam(batch, top_class),
             "branch_shares": {
                 "modules": [f"inception{k}" for k in MODULE_KEYS],
                 "branches": list(BRANCHES),
@@ -135,8 +142,18 @@ class ModelService:
             },
         }
 
-    def _overlay(self, x: Tensor, heat: np.ndarray) -> str:
-        """The image as the model saw it with the map over it, as a PNG data URL, at least 224 px wide."""
+    def _grad_cam(self, batch: Tensor, top_class: Tensor) -> dict[str, str] | None:
+        """Grad-CAM of the top class at FINER_LAYER, finer than inception5b's map; None without captum."""
+        try:
+            maps = grad_cam(self.model, batch, FINER_LAYER, top_class)
+        except MissingExtraError:
+            return None
+        return {"layer": FINER_LAYER, "cells": cells(maps), "png": self._overlay(batch[0], maps)}
+
+    def _overlay(self, x: Tensor, maps: Tensor) -> str:
+        """The image as the model saw it with a (1, 1, h, w) map upsampled over it, as a PNG data URL, at least
+        224 px wide."""
+        heat = normalise(upsample(maps, (x.shape[1], x.shape[2])))[0, 0].numpy()
         pixels = seen_pixels(x.unsqueeze(0), self.prep)[0].permute(1, 2, 0).numpy()
         if pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)

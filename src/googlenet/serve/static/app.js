@@ -178,7 +178,15 @@ async function classify(file) {
     cam.src = explained.cam.png;
     cam.alt = `class activation map of ${explained.cam.class}`;
     cam.hidden = false;
-    $("cam-caption").textContent = `Class activation map of “${explained.cam.class}”: red is where the evidence for it is.`;
+    $("cam-caption").textContent = `Exact class activation map of “${explained.cam.class}” at ${explained.cam.layer}: ` +
+      `${explained.cam.cells}, drawn upsampled; red is where the evidence for it is.`;
+    const finer = explained.grad_cam;
+    $("grad-cam").hidden = $("grad-cam-caption").hidden = !finer;
+    if (finer) {
+      $("grad-cam").src = finer.png;
+      $("grad-cam").alt = `Grad-CAM of ${explained.cam.class} at ${finer.layer}`;
+      $("grad-cam-caption").textContent = `Grad-CAM at ${finer.layer}: ${finer.cells}, a finer layer that still explains the class.`;
+    }
     drawShares(explained.branch_shares);
   } catch (error) {
     if (mine === latest) showError(error.message);
