@@ -378,11 +378,13 @@ def test_explain_split_and_report_page(aux_run: Path, capsys: pytest.CaptureFixt
     assert set(per_class) == set(record["early_exits"]["per_class"]) and per_class["Bag"]["images"] == 5
     assert sum(per_class["Bag"]["attribution"]["inception4e"].values()) == pytest.approx(1, abs=1e-4)
     assert (out / "cams.png").stat().st_size > 10_000
+    assert (out / "gradcams.png").stat().st_size > 10_000  # the finer layer's maps of the same examples
 
     report = write_report(aux_run, explain_split="val").read_text()
     assert "## Inside the network" in report and "[explain.md](explain.md)" in report
     page = (aux_run / "explain.md").read_text()
-    assert "| **all** | **300** |" in page and "explain/cams.png" in page
+    assert "| **all** | **300** |" in page and "explain/cams.png" in page and "explain/gradcams.png" in page
+    assert "inception5b's map is 3x3 cells, drawn upsampled" in page  # the small variant at 28 px
     assert (aux_run / "explain" / "branch_shares.png").is_file()
 
 

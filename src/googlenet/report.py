@@ -65,6 +65,19 @@ def _evaluations(run: Path) -> list[str]:
     return lines
 
 
+def _grad_cam_lines(grid: Path | None) -> list[str]:
+    """The finer map beside the CAM, or how to get it."""
+    if grid is None:
+        return ["Grad-CAM at a finer layer, beside it, needs the [explain] extra (captum).", ""]
+    return [
+        "The same images with Grad-CAM of the predicted class at inception4c, a layer before the last pooling: "
+        "four times the cells, deep enough to be about the class.",
+        "",
+        f"![Grad-CAM at a finer layer](explain/{grid.name})",
+        "",
+    ]
+
+
 def write_explain_page(run: Path, checkpoint: Path, split: str = "test") -> list[str]:
     """RUN/explain.md with RUN/explain/ (CAMs of right and wrong answers per class, branch shares, early exits)
     on ``split`` ("test" falls back to the validation split where the data has no test split); the report's
@@ -93,11 +106,11 @@ def write_explain_page(run: Path, checkpoint: Path, split: str = "test") -> list
         "The exact CAM of the predicted class (the fc weights applied to inception5b's feature map): for every "
         "class the first right answers (green) and the most confident wrong ones (red). At this input size "
         f"inception5b's map is {result.cam_resolution} cells, drawn upsampled: where the model looked, at that "
-        "resolution. `googlenet explain IMAGE` draws beside it Grad-CAM at inception4c, a finer layer that still "
-        "explains the class.",
+        "resolution.",
         "",
         "![class activation maps](explain/cams.png)",
         "",
+        *_grad_cam_lines(result.grad_cam_grid),
         "## Branch shares",
         "",
         f"How much of each Inception module's output comes from its 1x1, 3x3, 5x5 and pool branches, averaged over "

@@ -34,7 +34,7 @@ from googlenet.explain.cam import (
 from googlenet.explain.early_exits import HeadAccuracy, head_accuracy
 from googlenet.explain.figures import GridCell, Panel, branch_shares_png, cam_grid_png, overlay_png
 from googlenet.explain.layers import MODULE_KEYS, resolve_layer
-from googlenet.extras import require
+from googlenet.extras import MissingExtraError, require
 from googlenet.files import atomic_write, atomic_write_text, writable_dir
 from googlenet.model import GoogLeNet
 from googlenet.run.checkpoint import checkpoint_split, load_checkpoint, model_from_checkpoint
@@ -218,6 +218,7 @@ class SplitExplanation:
     shares_figure: Path
     json_path: Path
     cam_resolution: str  # inception5b's map, "HxW": what every drawn CAM is, upsampled
+    grad_cam_grid: Path | None  # the same examples' Grad-CAM at FINER_LAYER; None without captum
 
 
 def _examples(heads: HeadAccuracy, per_class: int) -> list[int]:
@@ -324,25 +325,35 @@ def explain_split(  # the split, then keyword-only `googlenet explain --split` f
 
     wanted = _examples(heads, per_class)
     images = _gather(batches.epoch(0), wanted)
-    rows: list[tuple[str, list[GridCell]]] = []
-    if wanted:
-        x = torch.stack([images[i] for i in wanted])
-        predicted = heads.predicted[wanted]
-        heat = normalise(upsample(class_activation_maps(model, x, predicted.view(-1, 1)), (x.shape[2], x.shape[3])))
+    x = torch.stack([images[i] for i in wanted]) if wanted else torch.empty(0)
+    predicted = heads.predicted[wanted].view(-1, 1)
+
+    def grid(maps: Tensor) -> list[tuple[str, list[GridCell]]]:
+        """The examples under ``maps`` (one per example), one row per true class."""
+        heat = normalise(upsample(maps, (x.shape[2], x.shape[3])))
         shown = pixels(x, prep)
         by_class: dict[int, list[GridCell]] = {}
         for j, index in enumerate(wanted):
             true, guess = int(heads.labels[index]), int(predicted[j])
             caption = f"{class_names[guess]} {float(heads.confidence[index]):.0%}"
             by_class.setdefault(true, []).append(GridCell(shown[j], heat[j, 0], caption, true == guess))
-        rows = [(class_names[c], cells) for c, cells in sorted(by_class.items())]
+        return [(class_names[c], cells) for c, cells in sorted(by_class.items())]
+
+    legend = "right (green) and most confident wrong (red)"
     cam_grid, resolution = out / "cams.png", cam_cells(model, prep.image_size)
-    cam_grid_png(
-        rows,
-        cam_grid,
-        f"CAM of the predicted class on {split} (inception5b's {resolution} map, upsampled): "
-        "right (green) and most confident wrong (red)",
-    )
+    rows = grid(class_activation_maps(model, x, predicted)) if wanted else []
+    cam_grid_png(rows, cam_grid, f"CAM of the predicted class on {split} (inception5b's {resolution} map): {legend}")
+    # Beside it, where captum is installed, Grad-CAM at a finer layer of the same examples: what a coarse
+    # CAM (2x2 at 64 px) cannot show.
+    grad_grid: Path | None = out / "gradcams.png"
+    try:
+        maps = grad_cam(model, x, FINER_LAYER, predicted) if wanted else torch.empty(0)
+    except MissingExtraError:
+        grad_grid = None
+    if grad_grid is not None:
+        resolution_note = f" ({cells(maps)})" if wanted else ""
+        title = f"Grad-CAM of the predicted class at {FINER_LAYER} on {split}{resolution_note}: {legend}"
+        cam_grid_png(grid(maps) if wanted else [], grad_grid, title)
 
     json_path = out / "explain.json"
     record = {
@@ -352,4 +363,4 @@ def explain_split(  # the split, then keyword-only `googlenet explain --split` f
         "branch_shares": shares.as_dict(),
     }
     atomic_write_text(json_path, json.dumps(record, indent=2))
-    return SplitExplanation(split, heads, shares, cam_grid, shares_figure, json_path, resolution)
+    return SplitExplanation(split, heads, shares, cam_grid, shares_figure, json_path, resolution, grad_grid)
