@@ -19,13 +19,18 @@ import torch
 from torch import Tensor, nn
 
 
+def _inner_order(weight: Tensor) -> list[int]:
+    """The dimensions after the first, outermost in memory first."""
+    strides = weight.stride()
+    return sorted(range(1, weight.dim()), key=lambda d: -strides[d])
+
+
 def matrix_view(weight: Tensor) -> Tensor | None:
     """``weight`` as an (out, fan-in) matrix sharing its memory, or None when its memory order does not allow
     one (dim 0 must be the outermost) or it has fewer than 2 dimensions."""
     if weight.dim() < 2:
         return None
-    inner = sorted(range(1, weight.dim()), key=lambda d: -weight.stride(d))
-    permuted = weight.detach().permute(0, *inner)
+    permuted = weight.detach().permute(0, *_inner_order(weight))
     if not permuted.is_contiguous():
         return None
     return permuted.view(weight.shape[0], -1)
@@ -34,8 +39,7 @@ def matrix_view(weight: Tensor) -> Tensor | None:
 def as_matrix(tensor: Tensor, like: Tensor) -> Tensor:
     """A gradient flattened in the same column order as its weight's `matrix_view` (copied if its memory
     order differs from the weight's)."""
-    inner = sorted(range(1, like.dim()), key=lambda d: -like.stride(d))
-    return tensor.permute(0, *inner).reshape(like.shape[0], -1)
+    return tensor.permute(0, *_inner_order(like)).reshape(like.shape[0], -1)
 
 
 class MatrixMuon(torch.optim.Muon):
@@ -63,7 +67,7 @@ class MatrixMuon(torch.optim.Muon):
         for weight, matrix in zip(self.weights, self.matrices, strict=True):
             matrix.grad = None if weight.grad is None else as_matrix(weight.grad, weight)
         try:
-            return super().step(closure)
+            return super().step(closure)  # type: ignore[no-untyped-call]
         finally:
             for matrix in self.matrices:
                 matrix.grad = None
