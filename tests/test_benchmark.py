@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from googlenet import kernels
 from googlenet.cli import main
 from googlenet.config import Config
 from helpers import make_checkpoint, make_folder
@@ -39,10 +38,9 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
     assert {("inference", n) for n in expected_peers | ours} <= names
     assert ("training", "ours: googlenet train path (bf16, channels_last)") in names
     assert ("Fashion-MNIST training", "ours: eager fp32") in names
-    assert ("Fashion-MNIST training", "torchvision eager bf16 + channels_last, our small-image stem") in names
-    if kernels.loaded():  # what the C++ training kernels add, beside the same path on ATen
-        without = "ours without the C++ training kernels (ATen)"
-        assert {("training", without), ("Fashion-MNIST training", without)} <= names
+    assert ("Fashion-MNIST training", "torchvision eager bf16 + channels_last, same stem and input") in names
+    without = "ours without the training kernels (all ATen)"  # what the kernels add, beside the same path on ATen
+    assert {("training", without), ("Fashion-MNIST training", without)} <= names
     assert ("Fashion-MNIST inference", "openvino int8") in names
     assert set(report["roof_gflops"]) == {"bf16", "fp32"}
     assert all(v > 0 for v in report["roof_gflops"].values())
@@ -59,7 +57,8 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
     assert "matrix-multiply roof" in text and f"wrote {out}" in text
     assert "where our training step's time goes" in text
     assert sum(report["profile"].values()) == pytest.approx(1.0)
-    assert report["profile"]["convolution and linear (forward and backward)"] > 0
+    assert report["profile"]["convolution and linear (forward, backward, and their matrix products)"] > 0
+    assert report["profile"]["max-pool (forward and backward)"] > 0  # the kernels' own functions are counted
 
 
 def test_agreement_on_a_checkpoints_test_split(tmp_path: Path) -> None:

@@ -50,3 +50,23 @@ def test_the_curve_is_redrawn_from_its_rows(tmp_path: Path, monkeypatch: pytest.
     with Image.open(picture) as image:
         assert image.size == (840, 504)
     assert not list(tmp_path.glob(".*tmp*"))  # written through a temp file, then renamed
+
+
+def test_a_preset_runs_as_it_is_at_its_own_budget_and_scaled_elsewhere() -> None:
+    curve = load_curve()
+    assert curve.training_minutes("fashion-mnist-10min", 10) is None
+    assert curve.training_minutes("fashion-mnist", 30) is None
+    assert curve.training_minutes("fashion-mnist-10min", 5) == pytest.approx(4.5)  # its max_minutes: 9 of 10
+
+
+def test_a_finished_benchmark_run_is_taken_as_its_budgets_point(tmp_path: Path) -> None:
+    curve = load_curve()
+    run = tmp_path / "fashion-mnist-10min-seed1"
+    run.mkdir()
+    (run / "eval_test.json").write_text(json.dumps({"top1": 0.9387, "top5": 0.999}))
+    assert curve.benchmark_row("fashion-mnist-10min", 10, 1, tmp_path) is None  # no wall-clock: not finished
+    (run / "wallclock.txt").write_text("wall-clock, training to test evaluation: 546 s\n")
+    row = curve.benchmark_row("fashion-mnist-10min", 10, 1, tmp_path)
+    assert row["who"] == "preset" and row["test_top1"] == 0.9387 and row["minutes"] == pytest.approx(9.1)
+    assert curve.benchmark_row("fashion-mnist-10min", 10, 2, tmp_path) is None  # another seed
+    assert curve.benchmark_row("fashion-mnist-10min", 5, 1, tmp_path) is None  # another budget: trained anew

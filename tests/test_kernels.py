@@ -182,7 +182,8 @@ def test_without_the_kernels_everything_runs_on_aten(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(kernels._state, "reason", "not built: no C++ compiler was found")
     assert not kernels.loaded()
     assert kernels.describe() == (
-        "C++ training kernels not built: no C++ compiler was found; using ATen's max-pool and BatchNorm"
+        "C++ training kernels not built: no C++ compiler was found; using ATen's max-pool and BatchNorm; "
+        "convolution gradients as matrix products on small maps"  # plain PyTorch: nothing to build
     )
     plain = create_model("small", num_classes=10).double()
     randomise_batchnorm(plain)

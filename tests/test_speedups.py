@@ -40,12 +40,12 @@ def plain_and_fast(name: str, **kwargs: object) -> tuple[GoogLeNet, GoogLeNet]:
 
 
 def merged_calls(model: nn.Module) -> list[bool]:
-    """Per MergedInception call, whether it took the merged path (its branch-1 conv module never ran)."""
+    """Per MergedInception call, whether it took the merged path (its 3x3 reduction block never ran on its own)."""
     seen: list[bool] = []
     for m in model.modules():
         if isinstance(m, MergedInception):
             ran: list[int] = []
-            m.branch1.conv.register_forward_hook(lambda *a, ran=ran: ran.append(1))
+            m.branch2[0].register_forward_hook(lambda *a, ran=ran: ran.append(1))
             m.register_forward_pre_hook(lambda *a, ran=ran: ran.clear())
             m.register_forward_hook(lambda *a, ran=ran: seen.append(not ran))
     return seen

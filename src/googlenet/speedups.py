@@ -51,11 +51,12 @@ The rewrites, and why each is exact:
    backward a whole gradient tensor instead of a channel slice of one, which its CPU kernel runs several
    times slower.
 
-3. C++ training kernels (``googlenet.kernels``; the training swap only): every max-pool runs the kernel that
-   saves one-byte in-window indices (with the ReLU of rewrite 2 fused into it), and every training-mode
-   BatchNorm followed by a ReLU runs as one fused kernel (``FusedConvBlock``, and the stacked BatchNorm of
-   rewrite 1). They compute ATen's results within float rounding and fall back to ATen wherever they do not
-   apply or were not built.
+3. Training kernels (``googlenet.kernels``; the training swap only): every max-pool runs the C++ kernel that
+   saves one-byte in-window indices (with the ReLU of rewrite 2 fused into it), every training-mode
+   BatchNorm followed by a ReLU runs as one fused C++ kernel (``FusedConvBlock``, and the stacked BatchNorm of
+   rewrite 1), and every stride-1 convolution of a block takes its gradients as matrix products where
+   oneDNN's backward is slow (1x1 kernels, and small maps). They compute ATen's results within float rounding
+   and fall back to ATen wherever they do not apply or were not built.
 
 4. BatchNorm folded into the convolution before it (inference only): in eval mode BatchNorm is the affine
    map y = gamma (x - mean) / sqrt(var + eps) + beta per channel, and an affine map per output channel
@@ -82,7 +83,7 @@ POOLED_BLOCKS = (("conv1", "maxpool1"), ("conv3", "maxpool2"), ("inception3b", "
 
 def _pre_activation(block: ConvBlock | PooledConvBlock, x: Tensor) -> Tensor:
     """Conv -> BatchNorm (or nothing), without the ReLU."""
-    return cast(Tensor, block.bn(block.conv(x)))
+    return cast(Tensor, block.bn(kernels.conv2d(x, block.conv)))
 
 
 class PooledConvBlock(nn.Module):
@@ -114,7 +115,7 @@ class FusedConvBlock(ConvBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         if kernels.fusable_batchnorm(self.bn):
-            return kernels.module_batch_norm_relu(self.conv(x), cast(nn.BatchNorm2d, self.bn))
+            return kernels.module_batch_norm_relu(kernels.conv2d(x, self.conv), cast(nn.BatchNorm2d, self.bn))
         return super().forward(x)
 
 
@@ -191,7 +192,7 @@ class MergedInception(nn.Module):
         blocks = self._reductions()
         convs = [block.conv for block in blocks]
         if self.training and _stackable_batchnorm(blocks):
-            y = F.conv2d(x, torch.cat([conv.weight for conv in convs]))
+            y = kernels.conv2d(x, convs[0], torch.cat([conv.weight for conv in convs]))
             return _stacked_batch_norm(y, [cast(nn.BatchNorm2d, block.bn) for block in blocks], relu=relu)
         if not self.training and all(type(b.bn) is nn.Identity and b.conv.bias is not None for b in blocks):
             bias = torch.cat([cast(Tensor, conv.bias) for conv in convs])

@@ -9,6 +9,11 @@ Two operations of GoogLeNet's training step are bound by memory traffic on a CPU
 - ``batch_norm_relu``: training-mode BatchNorm followed by ReLU in one pass forward and one pair of passes
   backward, where ATen makes separate passes for each.
 
+And one that is slow in oneDNN on small maps:
+
+- ``conv2d``: a convolution whose weight gradient (and, for 1x1, input gradient) is computed as matrix products
+  where oneDNN's backward kernels are several times slower (``conv.py``; plain PyTorch, nothing to build).
+
 They are C++ (``csrc/kernels.cpp``), built per environment by the set-up (``python -m googlenet.kernels build``,
 see ``build.py``), and used only where they compute exactly what ATen does: CPU tensors in channels_last memory
 format, float32/bfloat16/float64, a gradient being recorded, plain ``nn.BatchNorm2d`` in training mode with
@@ -29,10 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from googlenet.kernels import build
+from googlenet.kernels import build, conv
 
 __all__ = [
     "batch_norm_relu",
+    "conv2d",
     "describe",
     "fusable_batchnorm",
     "loaded",
@@ -67,17 +73,36 @@ def _library() -> ModuleType | None:
     return cast(ModuleType | None, _state["module"]) if _state["enabled"] else None
 
 
+def conv2d(x: Tensor, layer: nn.Conv2d, weight: Tensor | None = None) -> Tensor:
+    """``layer(x)``, or with ``weight`` in place of the layer's own (same geometry, any number of output
+    channels): with its backward as matrix products where ``conv.takes`` it, else by ATen. Only
+    ``GOOGLENET_KERNELS=aten`` and ``use_aten()`` turn it off: it needs nothing built."""
+    own = weight is None
+    weight = layer.weight if weight is None else weight
+    on = _state["enabled"] and _conv_allowed() and layer.padding_mode == "zeros"
+    if on and conv.takes(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups):
+        return conv.conv2d_matmul_backward(x, weight)
+    if own:
+        return cast(Tensor, layer(x))  # through the module, so that its hooks see it as they would
+    return layer._conv_forward(x, weight, layer.bias)  # nn.Conv2d's own call with another weight
+
+
+def _conv_allowed() -> bool:
+    return os.environ.get("GOOGLENET_KERNELS", "").strip().lower() not in _OFF_VALUES
+
+
 def loaded() -> bool:
     """Whether the C++ kernels are built, loaded and turned on."""
     return _library() is not None
 
 
 def describe() -> str:
-    """One line for logs: which max-pool and BatchNorm+ReLU training kernels run."""
+    """One line for logs: which training kernels run."""
+    matmul = "; convolution gradients as matrix products on small maps" if _state["enabled"] and _conv_allowed() else ""
     if loaded():
-        return "C++ training kernels: compact-index max-pool, fused BatchNorm+ReLU"
+        return "C++ training kernels: compact-index max-pool, fused BatchNorm+ReLU" + matmul
     reason = _state["reason"] or "turned off"
-    return f"C++ training kernels {reason}; using ATen's max-pool and BatchNorm"
+    return f"C++ training kernels {reason}; using ATen's max-pool and BatchNorm" + matmul
 
 
 @contextlib.contextmanager
