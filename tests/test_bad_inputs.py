@@ -200,11 +200,13 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
         r"cannot read Fashion-MNIST",
     ),
     "folder-empty": (
-        lambda t, c: train_argv(t, "data.dataset=folder", f'data.root="{_mkdir(t / "imgs" / "train" / "cat")}"'),
+        lambda t, c: train_argv(
+            t, "data.dataset=folder", "data.flip=random", f'data.root="{_mkdir(t / "imgs" / "train" / "cat")}"'
+        ),
         r"not a usable image folder",
     ),
     "folder-missing": (
-        lambda t, c: train_argv(t, "data.dataset=folder", f'data.root="{t / "no-such-folder"}"'),
+        lambda t, c: train_argv(t, "data.dataset=folder", "data.flip=random", f'data.root="{t / "no-such-folder"}"'),
         r"does not exist",
     ),
     "evaluate-folder-without-test": (

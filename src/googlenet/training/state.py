@@ -231,10 +231,11 @@ def payload(run: Run, *, weights: str) -> dict[str, Any]:
 def restore(saved: dict[str, Any], run: Run) -> None:
     """Put ``run`` back where last.pt's ``saved`` left it."""
     run.model.load_state_dict(saved["state_dict"])
-    fused = [group.get("fused") for group in run.optimizer.param_groups]
+    fused = [(("fused" in group), group.get("fused")) for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(saved["optimizer"])
-    for group, flag in zip(run.optimizer.param_groups, fused, strict=True):
-        group["fused"] = flag  # the kernel this device supports, not the one the checkpoint's machine used
+    for group, (has_flag, flag) in zip(run.optimizer.param_groups, fused, strict=True):
+        if has_flag:  # SGD's groups; Muon's have no fused kernel to choose
+            group["fused"] = flag  # the kernel this device supports, not the one the checkpoint's machine used
     if run.ema is not None and saved.get("ema_state_dict") is not None:
         run.ema.module.load_state_dict(saved["ema_state_dict"])
         run.ema.n_averaged.fill_(int(saved["ema_n_averaged"]))
