@@ -51,13 +51,15 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 _OFF_VALUES = {"0", "aten", "off", "false", "no"}
 
 _state: dict[str, Any] = {"checked": False, "module": None, "reason": "", "enabled": True}
+# Read once: the switch holds for the process, and conv2d consults it on every training convolution.
+_OFF_BY_ENVIRONMENT = os.environ.get("GOOGLENET_KERNELS", "").strip().lower() in _OFF_VALUES
 
 
 def _library() -> ModuleType | None:
     """The built kernels, loaded on first use; None (with the reason kept for ``describe``) where unavailable."""
     if not _state["checked"]:
         _state["checked"] = True
-        if os.environ.get("GOOGLENET_KERNELS", "").strip().lower() in _OFF_VALUES:
+        if _OFF_BY_ENVIRONMENT:
             _state["reason"] = "turned off by GOOGLENET_KERNELS"
         else:
             try:
@@ -79,16 +81,12 @@ def conv2d(x: Tensor, layer: nn.Conv2d, weight: Tensor | None = None) -> Tensor:
     ``GOOGLENET_KERNELS=aten`` and ``use_aten()`` turn it off: it needs nothing built."""
     own = weight is None
     weight = layer.weight if weight is None else weight
-    on = _state["enabled"] and _conv_allowed() and layer.padding_mode == "zeros"
+    on = _state["enabled"] and not _OFF_BY_ENVIRONMENT and layer.padding_mode == "zeros"
     if on and conv.takes(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups):
         return conv.conv2d_matmul_backward(x, weight)
     if own:
         return cast(Tensor, layer(x))  # through the module, so that its hooks see it as they would
     return layer._conv_forward(x, weight, layer.bias)  # nn.Conv2d's own call with another weight
-
-
-def _conv_allowed() -> bool:
-    return os.environ.get("GOOGLENET_KERNELS", "").strip().lower() not in _OFF_VALUES
 
 
 def loaded() -> bool:
@@ -98,7 +96,8 @@ def loaded() -> bool:
 
 def describe() -> str:
     """One line for logs: which training kernels run."""
-    matmul = "; convolution gradients as matrix products on small maps" if _state["enabled"] and _conv_allowed() else ""
+    on = _state["enabled"] and not _OFF_BY_ENVIRONMENT
+    matmul = "; convolution gradients as matrix products on small maps" if on else ""
     if loaded():
         return "C++ training kernels: compact-index max-pool, fused BatchNorm+ReLU" + matmul
     reason = _state["reason"] or "turned off"
