@@ -339,6 +339,13 @@ def _without_kernels(section: str, model: GoogLeNet, x: Tensor, y: Tensor, batch
     return [Case(section, "ours without the training kernels (all ATen)", step, batch, flops)]
 
 
+def _fashion_batch(opts: BenchmarkOptions) -> tuple[Tensor, Tensor]:
+    """Random one-channel images and labels at the Fashion-MNIST presets' size and batch (contiguous)."""
+    device = torch.device(opts.device)
+    x = torch.randn(opts.fashion_batch, 1, opts.fashion_size, opts.fashion_size, device=device)
+    return x, torch.randint(0, 10, (opts.fashion_batch,), device=device)
+
+
 def _preset_peer(num_classes: int, in_channels: int) -> nn.Module:
     """torchvision's googlenet at the presets' input: ``in_channels`` channels into its own 7x7/2 stem (no input
     transform), so that both networks see the same images through the same stem."""
@@ -367,9 +374,7 @@ def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
     optimize_for_training(plain)  # all our cases run our training modules; they differ in precision and layout
     fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     peer = _preset_peer(10, 1).to(memory_format=torch.channels_last)
-    device = torch.device(opts.device)
-    x = torch.randn(batch, 1, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    x, y = _fashion_batch(opts)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     cases = [
         Case(section, "torchvision eager bf16 + channels_last, same stem and input",
@@ -385,7 +390,7 @@ def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
     section = f"Fashion-MNIST inference: {setting}"
     # ONNX Runtime sits this one out: its ONNX export costs more time than the section's measurements.
     for backend, precision in engine_choices(e for e in engines if e != "onnxruntime"):
-        e = build_engine(model, backend, precision, image_size=size, calibration=calibration, device=device)
+        e = build_engine(model, backend, precision, image_size=size, calibration=calibration, device=x.device)
         cases.append(Case(section, f"{backend} {precision}", _engine_runner(e, x), batch, flops,
                           _engine_runner(e, x[:1])))  # fmt: skip
     return cases
@@ -504,10 +509,8 @@ def profile_training_step(opts: BenchmarkOptions) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    size, batch = opts.fashion_size, opts.fashion_batch
-    device = torch.device(opts.device)
-    x = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
+    x, y = _fashion_batch(opts)
+    x = x.contiguous(memory_format=torch.channels_last)
     model = create_model(FASHION_VARIANT, num_classes=10, in_channels=1).to(memory_format=torch.channels_last)
     step = _train_step(optimize_for_training(model), x, y, bf16=True)
     step()
