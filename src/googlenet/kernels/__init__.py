@@ -81,12 +81,18 @@ def conv2d(x: Tensor, layer: nn.Conv2d, weight: Tensor | None = None) -> Tensor:
     ``GOOGLENET_KERNELS=aten`` and ``use_aten()`` turn it off: it needs nothing built."""
     own = weight is None
     weight = layer.weight if weight is None else weight
-    on = _state["enabled"] and not _OFF_BY_ENVIRONMENT and layer.padding_mode == "zeros"
+    on = _matmul_gradients_on() and layer.padding_mode == "zeros"
     if on and conv.takes(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups):
         return conv.conv2d_matmul_backward(x, weight)
     if own:
         return cast(Tensor, layer(x))  # through the module, so that its hooks see it as they would
     return layer._conv_forward(x, weight, layer.bias)  # nn.Conv2d's own call with another weight
+
+
+def _matmul_gradients_on() -> bool:
+    """Whether conv2d takes its gradients as matrix products: neither use_aten() nor GOOGLENET_KERNELS turned
+    it off (it needs nothing built, unlike the C++ kernels)."""
+    return bool(_state["enabled"]) and not _OFF_BY_ENVIRONMENT
 
 
 def loaded() -> bool:
@@ -96,8 +102,7 @@ def loaded() -> bool:
 
 def describe() -> str:
     """One line for logs: which training kernels run."""
-    on = _state["enabled"] and not _OFF_BY_ENVIRONMENT
-    matmul = "; convolution gradients as matrix products on small maps" if on else ""
+    matmul = "; convolution gradients as matrix products on small maps" if _matmul_gradients_on() else ""
     if loaded():
         return "C++ training kernels: compact-index max-pool, fused BatchNorm+ReLU" + matmul
     reason = _state["reason"] or "turned off"
