@@ -47,6 +47,7 @@ def test_round_trip_through_a_checkpoint_dict() -> None:
         ("optim.name=adam", "optim.name must be one of sgd, muon; got 'adam'"),
         ("optim.muon_lrr=0.02", "unknown config key 'optim.muon_lrr'; optim has backbone_lr_mult, grad_clip, label"),
         ("optim.muon_momentum=0", "optim.muon_momentum must be > 0 and <= 1"),
+        ("optim.muon_ns_steps=0", "optim.muon_ns_steps must be >= 1 and <= 99"),
         ("data.flip=sometimes", "data.flip must be one of random, alternate"),
     ],
 )

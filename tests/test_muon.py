@@ -44,7 +44,7 @@ def test_the_update_is_torchs_muon_on_the_flattened_weight(memory_format: torch.
 
 def test_muon_takes_the_backbone_weights_and_sgd_the_rest() -> None:
     model = create_model("small", num_classes=10, aux=True)
-    cfg = load_config(None, ["optim.name=muon", "optim.muon_lr=0.04", "optim.lr=0.1"])
+    cfg = load_config(None, ["optim.name=muon", "optim.muon_lr=0.04", "optim.lr=0.1", "optim.muon_ns_steps=3"])
     optimizer = build_optimizer(model, cfg, torch.device("cpu"))
     assert isinstance(optimizer, Optimizers)
     muon, sgd = optimizer.parts
@@ -57,6 +57,7 @@ def test_muon_takes_the_backbone_weights_and_sgd_the_rest() -> None:
         assert (id(p) in in_muon) == expected, name
     # the schedule scales both: Muon's peak is optim.muon_lr
     assert [g["lr_mult"] for g in muon.param_groups] == [pytest.approx(0.4)]
+    assert [g["ns_steps"] for g in muon.param_groups] == [3]
     line = describe_optimizer(optimizer, model)
     assert line.startswith("optimizer: Muon for ") and "SGD for the other " in line
     plain = build_optimizer(model, load_config(None, []), torch.device("cpu"))

@@ -76,7 +76,10 @@ def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> Opti
     muon_groups = param_groups(
         muon, cfg.optim.muon_weight_decay, cfg.optim.backbone_lr_mult, lr_mult=cfg.optim.muon_lr / cfg.optim.lr
     )
-    return Optimizers([MatrixMuon(muon_groups, lr=cfg.optim.muon_lr, momentum=cfg.optim.muon_momentum), sgd])
+    muon_optimizer = MatrixMuon(
+        muon_groups, lr=cfg.optim.muon_lr, momentum=cfg.optim.muon_momentum, ns_steps=cfg.optim.muon_ns_steps
+    )
+    return Optimizers([muon_optimizer, sgd])
 
 
 def describe_optimizer(optimizer: Optimizer, model: nn.Module) -> str:
