@@ -20,6 +20,7 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
     # test process (a later test crashed when they shared one).
     out = tmp_path / "bench.json"
     argv = ["benchmark", "--size", "48", "--batch", "2", "--train-batch", "2", "--fashion-batch", "4"]
+    argv += ["--fashion-size", "48"]
     argv += ["--rounds", "2", "--roof-size", "64", "--json", str(out), "--no-progress", "--profile"]
     done = subprocess.run([sys.executable, "-m", "googlenet.cli", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -42,6 +43,8 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
     without = "ours without the training kernels (all ATen)"  # what the kernels add, beside the same path on ATen
     assert {("training", without), ("Fashion-MNIST training", without)} <= names
     assert ("Fashion-MNIST inference", "openvino int8") in names
+    fashion = {r["section"] for r in report["rows"] if r["section"].startswith("Fashion-MNIST training")}
+    assert fashion == {"Fashion-MNIST training: bn variant, 1 x 48 x 48, batch 4, with auxiliary heads"}
     assert set(report["roof_gflops"]) == {"bf16", "fp32"}
     assert all(v > 0 for v in report["roof_gflops"].values())
     for row in report["rows"]:

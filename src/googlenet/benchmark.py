@@ -51,8 +51,8 @@ class BenchmarkOptions:
     batch: int = 32  # inference batch at ``size`` px
     size: int = 224
     train_batch: int = 32
-    fashion_batch: int = 128  # the Fashion-MNIST presets' batch and image size (configs/fashion-mnist*.toml)
-    fashion_size: int = 64
+    fashion_batch: int = 128  # the Fashion-MNIST presets' batch (configs/fashion-mnist*.toml)
+    fashion_size: int = 64  # the 10- and 15-minute presets' image size (the 30-minute preset's is 80)
     rounds: int = 5
     latency_repeats: int = 5  # batch-1 calls per round; their median is the round's latency
     roof_size: int = 4096  # n of the n x n x n matrix products that measure the roof
@@ -360,7 +360,7 @@ def _preset_peer(num_classes: int, in_channels: int) -> nn.Module:
 
 def _fashion_cases(opts: BenchmarkOptions, engines: list[str]) -> list[Case]:
     """The Fashion-MNIST presets' setting (configs/fashion-mnist*.toml): the `bn` variant, one channel
-    upsampled to 64 px, batch 128, auxiliary heads on, bf16 and channels_last."""
+    upsampled to ``fashion_size`` px (64 by default), batch 128, auxiliary heads on, bf16 and channels_last."""
     torch.manual_seed(0)
     size, batch = opts.fashion_size, opts.fashion_batch
     setting = f"{FASHION_VARIANT} variant, 1 x {size} x {size}, batch {batch}"

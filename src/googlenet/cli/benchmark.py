@@ -16,6 +16,12 @@ def register(commands: Commands) -> None:
     parser.add_argument("--size", type=positive_int, default=224, help="image size for the 224 px sections")
     parser.add_argument("--train-batch", type=positive_int, default=32, help="training batch at --size")
     parser.add_argument("--fashion-batch", type=positive_int, default=128, help="batch of the Fashion-MNIST section")
+    parser.add_argument(
+        "--fashion-size",
+        type=positive_int,
+        default=64,
+        help="image size of the Fashion-MNIST section (64: the 10- and 15-minute presets; 80: the 30-minute one)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds; medians are reported")
     parser.add_argument("--roof-size", type=positive_int, default=4096, help="n of the n^3 matmul roof")
     parser.add_argument(
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         train_batch=args.train_batch,
         fashion_batch=args.fashion_batch,
+        fashion_size=args.fashion_size,
         rounds=args.rounds,
         roof_size=args.roof_size,
         sections=sections,
