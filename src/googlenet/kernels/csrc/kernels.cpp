@@ -20,7 +20,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -90,9 +89,12 @@ template <typename scalar_t>
 void max_pool_forward_impl(const at::Tensor& x, at::Tensor& out, at::Tensor& idx, int64_t kH, int64_t kW,
                            int64_t sH, int64_t sW, int64_t pH, int64_t pW, bool relu) {
   using acc_t = typename Acc<scalar_t>::type;
+  // The running argument is kept in lanes as wide as the running maximum's (one vector width for both) and
+  // narrowed to a byte once per output.
   using arg_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t OH = out.size(2), OW = out.size(3), rows = out.size(0) * OH * OW;
+  // Channels are innermost; pixels may lie further apart than C (a channel slice of a wider tensor).
   const int64_t n_stride = x.stride(0), h_stride = x.stride(2), w_stride = x.stride(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
@@ -133,7 +135,7 @@ void max_pool_forward_impl(const at::Tensor& x, at::Tensor& out, at::Tensor& idx
       scalar_t* __restrict__ o = op + r * C;
       uint8_t* __restrict__ a = ip + r * C;
       for (int64_t c = 0; c < C; ++c) {
-        const bool zeroed = relu && best[c] <= 0;
+        const bool zeroed = relu && best[c] <= 0;  // ReLU's backward passes a gradient only where out > 0
         o[c] = store<scalar_t, acc_t>(zeroed ? acc_t(0) : best[c]);
         a[c] = static_cast<uint8_t>(zeroed ? arg_t(kReluZeroed) : arg[c]);
       }
